@@ -1,0 +1,117 @@
+"""On-disk result cache (SQLite): every finished sample is written before the next batch starts.
+
+Keys are hashes of everything that determines an answer (see :func:`sample_key`), never of the
+process count or batch size, so a run resumes after a crash, with more or fewer processes, and
+re-running a finished command reads everything back. SQLite in WAL mode makes each batch's
+write atomic: a process killed mid-write leaves either the whole batch or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from harness.config import stable_hash
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    key TEXT PRIMARY KEY,
+    unit TEXT NOT NULL,
+    sample_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS answers_unit ON answers(unit);
+CREATE TABLE IF NOT EXISTS memo (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+def sample_key(**parts: Any) -> str:
+    """Cache key of one answer: a stable hash of named parts (fingerprints, prompt, shot ids, ...)."""
+    return stable_hash(parts, n=32)
+
+
+class ResultCache:
+    """Answers and memoised derived values (metrics, shot selections) in one SQLite file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "ResultCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- answers
+    def get_many(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT key, payload FROM answers WHERE key IN ({marks})", chunk)
+            for key, payload in rows:
+                found[key] = json.loads(payload)
+        return found
+
+    def put_many(self, unit: str, items: Iterable[tuple[str, str, Mapping[str, Any]]]) -> None:
+        """Write (key, sample_id, payload) rows in one transaction (all or nothing)."""
+        now = time.time()
+        rows = [(k, unit, sid, json.dumps(p, sort_keys=True), now) for k, sid, p in items]
+        if not rows:
+            return
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO answers(key, unit, sample_id, payload, created) VALUES (?,?,?,?,?)",
+                rows,
+            )
+
+    def count(self, unit: str | None = None) -> int:
+        if unit is None:
+            return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM answers WHERE unit=?", (unit,)).fetchone()[0]
+
+    # -------------------------------------------------------------------- memo
+    def memo_get(self, kind: str, key: str) -> Any | None:
+        row = self._db.execute("SELECT payload FROM memo WHERE key=? AND kind=?", (key, kind)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def memo_put(self, kind: str, key: str, value: Any) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO memo(key, kind, payload, created) VALUES (?,?,?,?)",
+                (key, kind, json.dumps(value, sort_keys=True), time.time()),
+            )
+
+    def integrity_ok(self) -> bool:
+        return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    def _transaction(self) -> "_Tx":
+        return _Tx(self._db)
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")

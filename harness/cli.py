@@ -1,0 +1,131 @@
+"""The ``mmbench`` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from harness.config import ConfigError, default_config_path, load_config
+
+
+def _csv_ints(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 0,4,8; got {value!r}") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress messages.")
+def main(verbose: bool) -> None:
+    """mmbench: compare four ways of using an LLM on vision-language tasks.
+
+    (A harness, not the OpenCompass "MMBench" benchmark.)
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@main.command()
+@click.option("--paradigm", "paradigm", multiple=True, default=("all",), show_default=True,
+              help="'all', a family (tool_agent, text_conversion, guided_decoding, trained_adapter) or family/variant. Repeatable.")
+@click.option("--task", "task", multiple=True, help="Task name(s) to run (default: the config's tasks). Repeatable.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="YAML suite (default: configs/default.yaml).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Samples per task.")
+@click.option("--shots", default=None, help="Comma-separated shot counts, e.g. 0,4,8.")
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="Trials (demonstration draws) per k>0.")
+@click.option("--seed", type=int, default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+              help="MLflow tracking URI (default: sqlite under the results dir).")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def run(config_path, paradigm, task, limit, shots, trials, seed, batch_size, results_dir, tracking_uri, no_progress) -> None:
+    """Evaluate paradigms on tasks; resumes from the result cache."""
+    from harness.evaluate import run_evaluation
+    from harness.runner import plan_run
+
+    try:
+        overrides = {"limit": limit, "seed": seed, "batch_size": batch_size,
+                     "results_dir": str(results_dir) if results_dir else None}
+        cfg = load_config(config_path or default_config_path(), overrides)
+        ic = cfg.in_context.model_dump()
+        if shots is not None or trials is not None:
+            if shots is not None:
+                ic["shots"] = _csv_ints(shots)
+            if trials is not None:
+                ic["trials"] = trials
+            from harness.config import parse_config
+
+            cfg = parse_config({**cfg.model_dump(mode="json"), "in_context": ic})
+        plan = plan_run(cfg, list(paradigm), list(task) or None)
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration error:\n{exc}") from None
+    click.echo(f"mmbench run: config hash {cfg.config_hash()}, {len(plan.units())} units "
+               f"({len(plan.paradigms)} paradigms × {len(plan.tasks)} tasks)", err=True)
+    try:
+        outcome = run_evaluation(cfg, tracking_uri=tracking_uri, progress=not no_progress, plan=plan)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        from harness.tracking import TrackingError
+
+        if isinstance(exc, TrackingError):
+            raise click.ClickException(str(exc)) from None
+        raise
+    click.echo(outcome.table)
+    click.echo(f"\nresults: {outcome.summary_dir}  (MLflow parent run {outcome.parent_run_id})")
+
+
+@main.command("list")
+def list_cmd() -> None:
+    """Paradigms, tasks and models, one line each."""
+    from harness.models.llm import PACKAGED_LLMS
+    from harness.registry import paradigms
+    from tasks.spec import task_specs
+
+    click.echo("paradigms:")
+    for name, cls in paradigms().items():
+        click.echo(f"  {name:32s} {cls.description}")
+    click.echo("tasks:")
+    for name, spec in task_specs().items():
+        click.echo(f"  {name:32s} [{spec.kind}, {spec.metric}] {spec.description}")
+    click.echo("models:")
+    for name, (dist, _, f) in PACKAGED_LLMS.items():
+        click.echo(f"  llm  packaged:{name:22s} {f} from pip package {dist}")
+    click.echo("  llm  hub:<id> | local:<folder>      any transformers causal LM (from_pretrained)")
+    click.echo("  scorer tag-minilm                   offline: detector+classifier+OCR tags embedded with MiniLM (not CLIP)")
+    click.echo("  scorer open_clip:<arch>:<weights>   real CLIP via open_clip (pip install 'mmbench[clip]')")
+    click.echo("  vision_encoder efficientnet-lite0   packaged ImageNet weights; or timm:<name>")
+    click.echo("  tools detector (SSD-MobileNet-v2 COCO), classifier (EfficientNet-Lite3), ocr (PP-OCRv4), faces (Haar)")
+
+
+@main.command()
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+def ui(results_dir: Path, tracking_uri: str | None, host: str, port: int) -> None:
+    """Start the MLflow UI on the run store and print its address."""
+    import subprocess
+
+    from harness.tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri(results_dir)
+    click.echo(f"MLflow UI for {uri} at http://{host}:{port}")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--default-artifact-root", (results_dir / "mlartifacts").resolve().as_uri()]
+    sys.exit(subprocess.call(cmd))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,543 @@
+"""The evaluation loop: (paradigm × task × shots × trial) units over samples, cached and logged.
+
+Order of work, chosen so that mistakes surface before compute and nothing computed is lost:
+1. ``plan`` resolves every name and option and loads dataset *indexes* (no images, no models);
+   any problem raises :class:`~harness.config.ConfigError`.
+2. For each unit, answers already in the result cache are read back; only missing samples are
+   computed, in batches, each batch written to the cache before the next starts.
+3. Metrics (with bootstrap CIs) are computed on the full set of answers and logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from harness.backbones import Backbones
+from harness.cache import ResultCache, sample_key
+from harness.config import ConfigError, ParadigmSpec, RunConfig, format_validation_error, repo_root, stable_hash
+from harness.interface import Answer, Paradigm, Request, Shot
+from harness.models.llm import GenerationSettings
+from harness.registry import FAMILIES, paradigms
+from tasks.base import Dataset, MetricResult, Sample
+from tasks.spec import TaskSpec, get_task, task_specs
+
+log = logging.getLogger(__name__)
+
+MAX_QUESTION_CHARS = 4000
+
+
+# --------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class PlannedTask:
+    spec: TaskSpec
+    dataset: Dataset
+    support: Dataset | None
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class PlannedParadigm:
+    spec: ParadigmSpec
+    cls: type[Paradigm]
+    options: Any
+
+    @property
+    def label(self) -> str:
+        return self.spec.display
+
+
+@dataclass(frozen=True)
+class Unit:
+    paradigm: PlannedParadigm
+    task: PlannedTask
+    shots: int
+    trial: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.paradigm.label} | {self.task.spec.name} | {self.shots}-shot | trial {self.trial}"
+
+
+@dataclass
+class UnitResult:
+    unit: Unit
+    metrics: MetricResult
+    rows: list[dict[str, Any]]
+    computed: int
+    cached: int
+    costs: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(1 for r in self.rows if r["error"])
+
+
+@dataclass
+class Plan:
+    config: RunConfig
+    paradigms: list[PlannedParadigm]
+    tasks: list[PlannedTask]
+
+    def units(self) -> list[Unit]:
+        out = []
+        for task in self.tasks:
+            for p in self.paradigms:
+                for k in shot_counts(task, self.config):
+                    trials = self.config.in_context.trials if k > 0 else 1
+                    for t in range(trials):
+                        out.append(Unit(p, task, k, t))
+        return out
+
+
+def shot_counts(task: PlannedTask, config: RunConfig) -> list[int]:
+    """Binding episodes carry their own demonstrations; other kinds use the configured k values."""
+    if task.spec.kind == "binding":
+        return [0]
+    if task.support is None:
+        return [0]
+    return list(config.in_context.shots)
+
+
+def select_paradigms(config: RunConfig, wanted: Sequence[str] | None) -> list[ParadigmSpec]:
+    """``wanted``: None/['all'] = the config's list; a family name = that family's variants."""
+    table = paradigms()
+    specs = list(config.paradigms)
+    if not wanted or list(wanted) == ["all"]:
+        return specs
+    chosen: list[ParadigmSpec] = []
+    for w in wanted:
+        if w in FAMILIES:
+            fam = [s for s in specs if s.family == w]
+            chosen += fam or [ParadigmSpec(name=n) for n in table if n.startswith(w + "/")]
+        elif w in table:
+            chosen += [s for s in specs if s.name == w] or [ParadigmSpec(name=w)]
+        else:
+            raise ConfigError(
+                f"unknown paradigm {w!r} for --paradigm; choices: all, {', '.join(FAMILIES)}, {', '.join(table)}"
+            )
+    return chosen
+
+
+def plan_run(
+    config: RunConfig,
+    paradigm_filter: Sequence[str] | None = None,
+    task_filter: Sequence[str] | None = None,
+) -> Plan:
+    """Resolve and validate everything that can be checked without loading a model."""
+    from pydantic import ValidationError
+
+    table = paradigms()
+    planned: list[PlannedParadigm] = []
+    for i, spec in enumerate(select_paradigms(config, paradigm_filter)):
+        if spec.name not in table:
+            raise ConfigError(f"config key 'paradigms[{i}].name': unknown paradigm {spec.name!r}; choices: {', '.join(table)}")
+        cls = table[spec.name]
+        try:
+            opts = cls.Options.model_validate(spec.options)
+        except ValidationError as exc:
+            msg = format_validation_error(exc, cls.Options).replace("config key '", f"config key 'paradigms[{i}].options.")
+            raise ConfigError(msg) from None
+        planned.append(PlannedParadigm(spec, cls, opts))
+    labels = [p.label for p in planned]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"paradigm labels must be unique; got {labels} (set 'label' to tell variants apart)")
+
+    refs = list(config.tasks)
+    known = task_specs()
+    if task_filter:
+        by_name = {r.name: r for r in refs}
+        from harness.config import TaskRef
+
+        refs = [by_name.get(n) or TaskRef(name=n) for n in task_filter]
+    tasks = []
+    for i, ref in enumerate(refs):
+        if ref.name not in known:
+            raise ConfigError(f"config key 'tasks[{i}].name': unknown task {ref.name!r}; choices: {', '.join(known)}")
+        tasks.append(_plan_task(known[ref.name], ref.dataset_options, ref.limit or config.limit, config))
+    if not planned:
+        raise ConfigError("no paradigm selected")
+    if not tasks:
+        raise ConfigError("no task selected")
+    return Plan(config, planned, tasks)
+
+
+def _resolve_paths(options: dict[str, Any]) -> dict[str, Any]:
+    """Relative ``root`` options are read from the working directory, else the mmbench checkout."""
+    out = dict(options)
+    root = out.get("root")
+    if isinstance(root, str) and not Path(root).is_absolute() and not Path(root).exists():
+        candidate = repo_root() / root
+        if candidate.exists():
+            out["root"] = str(candidate)
+    return out
+
+
+def _plan_task(spec: TaskSpec, overrides: dict[str, Any], limit: int | None, config: RunConfig) -> PlannedTask:
+    from tasks.datasets import load_dataset
+
+    options = _resolve_paths({**spec.dataset_options, **overrides})
+    try:
+        ds = load_dataset(spec.dataset, spec.split, options)
+        support = load_dataset(spec.dataset, spec.support_split, options) if spec.support_split else None
+    except (ValueError, OSError, KeyError) as exc:
+        raise ConfigError(f"task {spec.name!r}: cannot load dataset {spec.dataset!r}: {exc}") from None
+    if len(ds) == 0:
+        raise ConfigError(f"task {spec.name!r}: dataset {spec.dataset!r} split {spec.split!r} has zero samples")
+    ids = [s.sample_id for s in ds.samples]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ConfigError(f"task {spec.name!r}: duplicate sample ids in the dataset: {dup}")
+    if limit:
+        ds = Dataset(ds.name, ds.split, ds.source, ds.samples[:limit], ds.license)
+    max_k = max(config.in_context.shots)
+    if spec.kind != "binding" and max_k > 0 and support is not None and max_k > len(support):
+        raise ConfigError(
+            f"in_context.shots asks for {max_k} demonstrations but task {spec.name!r} has only "
+            f"{len(support)} support samples (split {spec.support_split!r})"
+        )
+    fp = stable_hash(
+        {
+            "task": spec.model_dump(mode="json"),
+            "options": options,
+            "source": ds.source,
+            "split": ds.split,
+            "support": support.source if support else None,
+        }
+    )
+    return PlannedTask(spec, ds, support, fp)
+
+
+# ---------------------------------------------------------------------- execution
+def image_id_of(img: Any) -> str:
+    """Content id of a decoded image: equal pixels -> equal id, whatever file it came from."""
+    h = hashlib.sha1()
+    h.update(f"{img.mode}:{img.size}".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()[:20]
+
+
+@dataclass
+class _Prepared:
+    sample: Sample
+    key: str
+    prompt: str
+    shots: tuple[Sample, ...]
+
+
+class Runner:
+    """Executes a :class:`Plan`. One instance per ``mmbench run``."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        cache: ResultCache,
+        backbones: Backbones | None = None,
+        progress: bool = True,
+        on_unit: Callable[[UnitResult], None] | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
+        self.plan = plan
+        self.config = plan.config
+        self.cache = cache
+        self.backbones = backbones or Backbones(self.config.models)
+        self.progress = progress
+        self.on_unit = on_unit
+        self.shard = shard
+        self._instances: dict[str, Paradigm] = {}
+        self._prepared: set[str] = set()
+        self._fingerprints: dict[str, str] | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def fingerprints(self) -> dict[str, str]:
+        if self._fingerprints is None:
+            self._fingerprints = self.backbones.fingerprints()
+        return self._fingerprints
+
+    def instance(self, p: PlannedParadigm) -> Paradigm:
+        if p.label not in self._instances:
+            gen = GenerationSettings(
+                max_new_tokens=self.config.generation.max_new_tokens,
+                stop=tuple(self.config.generation.stop),
+                greedy=self.config.generation.greedy,
+                temperature=self.config.generation.temperature,
+            )
+            self._instances[p.label] = p.cls(self.backbones, p.options, gen)
+        return self._instances[p.label]
+
+    def _paradigm_fp(self, p: PlannedParadigm) -> dict[str, Any]:
+        fps = self.fingerprints()
+        return {
+            "paradigm": self.instance(p).fingerprint(),
+            "backbones": {k: fps[k] for k in p.cls.uses},
+        }
+
+    def _shots_for(self, unit: Unit, sample: Sample) -> tuple[Sample, ...]:
+        if unit.task.spec.kind == "binding":
+            return tuple(sample.episode)
+        if unit.shots == 0 or unit.task.support is None:
+            return ()
+        from tasks.shots import select_shots
+
+        ic = self.config.in_context
+        memo_key = stable_hash(
+            [unit.task.fingerprint, sample.sample_id, unit.shots, unit.trial, ic.strategy, self.config.seed,
+             self.fingerprints()["scorer"] if ic.strategy == "rices" else ""]
+        )
+        support = unit.task.support.samples
+        by_id = {s.sample_id: s for s in support}
+        cached = self.cache.memo_get("shots", memo_key)
+        if cached is not None and all(i in by_id for i in cached):
+            return tuple(by_id[i] for i in cached)
+        similarity = self._rices_similarity(unit) if ic.strategy == "rices" else None
+        chosen = select_shots(
+            sample, support, unit.shots, strategy=ic.strategy, seed=self.config.seed, trial=unit.trial,
+            similarity=similarity,
+        )
+        self.cache.memo_put("shots", memo_key, [s.sample_id for s in chosen])
+        return tuple(chosen)
+
+    def _rices_similarity(self, unit: Unit) -> Callable[[Sample, Sequence[Sample]], Sequence[float]]:
+        scorer = self.backbones.scorer
+
+        def embed(samples: Sequence[Sample]) -> Any:
+            imgs = [s.load_image() for s in samples]
+            return scorer.embed_images(imgs, [image_id_of(i) for i in imgs])
+
+        support_emb: dict[str, Any] = {}
+
+        def similarity(query: Sample, support: Sequence[Sample]) -> Sequence[float]:
+            key = unit.task.fingerprint
+            if key not in support_emb:
+                support_emb[key] = embed(support)
+            q = embed([query])
+            return (q @ support_emb[key].T)[0].tolist()
+
+        return similarity
+
+    def _prepare_unit(self, unit: Unit) -> list[_Prepared]:
+        spec = unit.task.spec
+        gen = self.config.generation
+        pfp = self._paradigm_fp(unit.paradigm)
+        out = []
+        for s in unit.task.dataset.samples:
+            shots = self._shots_for(unit, s)
+            prompt = spec.render_prompt(s.question, s.choices)
+            key = sample_key(
+                paradigm=pfp,
+                task=unit.task.fingerprint,
+                sample=s.sample_id,
+                prompt=prompt,
+                shots=[(x.sample_id, x.gold_text) for x in shots],
+                generation=gen.model_dump(mode="json"),
+                max_new_tokens=spec.max_new_tokens,
+                seed=self.config.seed,
+                trial=unit.trial,
+            )
+            out.append(_Prepared(s, key, prompt, shots))
+        return out
+
+    # -------------------------------------------------------------- computing
+    def _build_request(self, unit: Unit, prep: _Prepared) -> Request | Answer:
+        s = prep.sample
+        if len(s.question) > MAX_QUESTION_CHARS:
+            return Answer.failed(f"question too long ({len(s.question)} characters > {MAX_QUESTION_CHARS})")
+        try:
+            img = s.load_image()
+        except Exception as exc:  # noqa: BLE001 - any image failure fails only this sample
+            return Answer.failed(f"image {s.image_ref!r}: {type(exc).__name__}: {exc}")
+        shots = []
+        for x in prep.shots:
+            try:
+                ximg = x.load_image()
+            except Exception as exc:  # noqa: BLE001
+                return Answer.failed(f"demonstration image {x.image_ref!r}: {type(exc).__name__}: {exc}")
+            shots.append(
+                Shot(
+                    sample_id=x.sample_id,
+                    image_id=image_id_of(ximg),
+                    image=ximg,
+                    prompt=unit.task.spec.render_prompt(x.question, x.choices),
+                    answer=x.gold_text,
+                )
+            )
+        return Request(
+            sample_id=s.sample_id,
+            image_id=image_id_of(img),
+            image=img,
+            prompt=prep.prompt,
+            shots=tuple(shots),
+            kind=unit.task.spec.kind,
+            choices=tuple(s.choices),
+            question=s.question,
+            max_new_tokens=unit.task.spec.max_new_tokens,
+        )
+
+    def _answer(self, paradigm: Paradigm, requests: list[Request]) -> list[Answer]:
+        """Batched answer; if the batch as a whole raises, isolate the bad sample one by one."""
+        start = time.perf_counter()
+        try:
+            answers = paradigm.answer_batch(requests)
+            if len(answers) != len(requests):
+                raise RuntimeError(f"{paradigm.name} returned {len(answers)} answers for {len(requests)} requests")
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if len(requests) == 1:
+                return [Answer.failed(f"{type(exc).__name__}: {exc}")]
+            return [a for r in requests for a in self._answer(paradigm, [r])]
+        per = (time.perf_counter() - start) / max(1, len(requests))
+        for a in answers:
+            if not a.latency_s:
+                a.latency_s = per
+        return answers
+
+    def run_unit(self, unit: Unit) -> UnitResult:
+        prepared = self._prepare_unit(unit)
+        found = self.cache.get_many([p.key for p in prepared])
+        missing = [p for p in prepared if p.key not in found]
+        rank, world = self.shard
+        if world > 1:
+            missing = [p for i, p in enumerate(missing) if int(p.key[:8], 16) % world == rank]
+        n_cached = len(prepared) - len([p for p in prepared if p.key not in found])
+        bar = _progress(len(prepared), n_cached, unit.name, self.progress)
+        computed = 0
+        if missing:
+            paradigm = self.instance(unit.paradigm)
+            if unit.paradigm.label not in self._prepared:
+                paradigm.prepare()
+                self._prepared.add(unit.paradigm.label)
+            bs = self.config.batch_size
+            for start in range(0, len(missing), bs):
+                chunk = missing[start : start + bs]
+                built = [self._build_request(unit, p) for p in chunk]
+                reqs = [b for b in built if isinstance(b, Request)]
+                answers = iter(self._answer(paradigm, reqs) if reqs else [])
+                results = [next(answers) if isinstance(b, Request) else b for b in built]
+                self.cache.put_many(
+                    unit.name, [(p.key, p.sample.sample_id, a.to_dict()) for p, a in zip(chunk, results)]
+                )
+                for p, a in zip(chunk, results):
+                    found[p.key] = a.to_dict()
+                computed += len(chunk)
+                bar.update(len(chunk))
+        bar.close()
+        if world > 1:
+            return UnitResult(unit, MetricResult(values={}), [], computed, n_cached)
+        answers = [Answer.from_dict(found[p.key]) for p in prepared]
+        return self._finish_unit(unit, prepared, answers, computed, n_cached)
+
+    def _finish_unit(
+        self, unit: Unit, prepared: list[_Prepared], answers: list[Answer], computed: int, cached: int
+    ) -> UnitResult:
+        samples = [p.sample for p in prepared]
+        preds = ["" if a.error else a.text for a in answers]
+        metrics = self._metrics(unit, samples, preds)
+        rows = []
+        for p, a, pred in zip(prepared, answers, preds):
+            s = p.sample
+            row = {
+                "sample_id": s.sample_id,
+                "image_ref": s.image_ref,
+                "question": s.question,
+                "prompt": p.prompt,
+                "shots": [x.sample_id for x in p.shots],
+                "prediction": pred,
+                "references": list(s.references),
+                "answers": list(s.answers),
+                "choices": list(s.choices),
+                "error": a.error,
+                "latency_s": a.latency_s,
+                "llm_tokens_in": a.llm_tokens_in,
+                "llm_tokens_out": a.llm_tokens_out,
+                "tool_calls": a.tool_calls,
+                "trace": a.trace,
+            }
+            for m, scores in metrics.per_sample.items():
+                if len(scores) == len(prepared):
+                    row[f"score_{m}"] = scores[len(rows)]
+            rows.append(row)
+        n = max(1, len(answers))
+        costs = {
+            "latency_s_mean": sum(a.latency_s for a in answers) / n,
+            "llm_tokens_in_mean": sum(a.llm_tokens_in for a in answers) / n,
+            "llm_tokens_out_mean": sum(a.llm_tokens_out for a in answers) / n,
+            "tool_calls_mean": sum(a.tool_calls for a in answers) / n,
+            "trainable_params": float(max((a.trainable_params for a in answers), default=0)),
+            "n_failed": float(sum(1 for a in answers if a.error)),
+            "n_samples": float(len(answers)),
+        }
+        for counter in ("parse_errors", "budget_exhausted", "tool_failures"):
+            total = sum(int(a.trace.get(counter, 0) or 0) for a in answers if isinstance(a.trace, dict))
+            costs[counter] = float(total)
+        result = UnitResult(unit, metrics, rows, computed, cached, costs)
+        if self.on_unit:
+            self.on_unit(result)
+        return result
+
+    def _metrics(self, unit: Unit, samples: list[Sample], preds: list[str]) -> MetricResult:
+        from tasks.metrics import METRICS
+
+        metric = unit.task.spec.metric
+        key = stable_hash(
+            [metric, unit.task.fingerprint, [s.sample_id for s in samples], preds, self.config.bootstrap,
+             self.config.seed, METRICS_VERSION]
+        )
+        memo = self.cache.memo_get("metrics", key)
+        if memo is not None:
+            return metric_from_dict(memo)
+        res = METRICS[metric](samples, preds, n_boot=self.config.bootstrap, seed=self.config.seed)
+        self.cache.memo_put("metrics", key, metric_to_dict(res))
+        return res
+
+    def run(self) -> list[UnitResult]:
+        units = self.plan.units()
+        results = []
+        for i, unit in enumerate(units, 1):
+            log.info("[%d/%d] %s", i, len(units), unit.name)
+            results.append(self.run_unit(unit))
+        return results
+
+
+METRICS_VERSION = "1"
+
+
+def metric_to_dict(m: MetricResult) -> dict[str, Any]:
+    return {
+        "values": dict(m.values),
+        "ci": {k: list(v) for k, v in m.ci.items()},
+        "per_sample": {k: list(v) for k, v in m.per_sample.items()},
+        "unavailable": dict(m.unavailable),
+        "primary": m.primary,
+    }
+
+
+def metric_from_dict(d: dict[str, Any]) -> MetricResult:
+    return MetricResult(
+        values=d["values"],
+        ci={k: (v[0], v[1]) for k, v in d["ci"].items()},
+        per_sample=d["per_sample"],
+        unavailable=d["unavailable"],
+        primary=d["primary"],
+    )
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="sample", leave=True, dynamic_ncols=True)

