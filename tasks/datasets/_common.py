@@ -1,0 +1,91 @@
+"""Helpers shared by the file-based loaders: lazy image opening, safe paths, hash splits.
+
+Kept in one place so every loader fails the same way (a missing or corrupt image fails only its
+own sample, with the path in the message) and splits the same way (by a hash of a stable key,
+so a split never depends on file order or on the machine).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Callable
+
+from PIL import Image, UnidentifiedImageError
+
+
+class ImageLoadError(OSError):
+    """An image could not be read; raised only when the sample's ``load_image`` is called."""
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """Open an image file fully into memory as RGB, with the path in any error."""
+    if not path.is_file():
+        raise ImageLoadError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ImageLoadError(f"cannot decode image {path}: {err}") from err
+
+
+def lazy_file_image(path: Path) -> Callable[[], Image.Image]:
+    """A zero-argument callable that opens ``path`` when called (never at dataset load time)."""
+    return functools.partial(open_rgb, path)
+
+
+def safe_relative(name: str, *, what: str) -> PurePosixPath:
+    """Check that a path read from an annotation file stays inside its root.
+
+    Annotation files are data, not code we trust: an absolute path or a ``..`` component could
+    make the harness read (and log, and send to a model) files outside the dataset folder.
+    """
+    if not name or not name.strip():
+        raise ValueError(f"{what}: empty file name")
+    if "\\" in name or PureWindowsPath(name).drive:
+        raise ValueError(f"{what}: file name {name!r} uses a Windows path; use '/' relative paths")
+    rel = PurePosixPath(name)
+    if rel.is_absolute():
+        raise ValueError(f"{what}: absolute path {name!r} is not allowed; paths must be relative to the dataset root")
+    if any(part == ".." for part in rel.parts):
+        raise ValueError(f"{what}: path {name!r} escapes the dataset root ('..' is not allowed)")
+    return rel
+
+
+def hash_unit(key: str, salt: int | str) -> float:
+    """A uniform number in [0, 1) from a key; identical on every machine and Python version."""
+    digest = hashlib.sha256(f"{salt}\x00{key}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def hash_split(key: str, salt: int | str, val_fraction: float, test_fraction: float) -> str:
+    """Assign ``key`` to train/val/test by its hash (test first, then val, rest train)."""
+    u = hash_unit(key, salt)
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+def read_json(path: Path, *, what: str) -> Any:
+    """Read a JSON file with an error that says which annotation file was wrong."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with path.open("r", encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {path} is not valid JSON: {err}") from err
+
+
+def require_keys(record: Any, keys: tuple[str, ...], *, what: str) -> None:
+    """Fail with the record's position when an annotation lacks a required field."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{what}: expected an object, got {type(record).__name__}")
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise ValueError(f"{what}: missing field(s) {missing}")
