@@ -83,6 +83,8 @@ def run(config_path, paradigm, task, limit, shots, trials, seed, batch_size, res
             raise click.ClickException(str(exc)) from None
         raise
     click.echo(outcome.table)
+    click.echo(f"\nsamples computed: {outcome.computed}, read from cache: {outcome.cached}; "
+               f"models loaded: {', '.join(outcome.loaded) or 'none'}", err=True)
     click.echo(f"\nresults: {outcome.summary_dir}  (MLflow parent run {outcome.parent_run_id})")
 
 
@@ -125,6 +127,107 @@ def ui(results_dir: Path, tracking_uri: str | None, host: str, port: int) -> Non
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--default-artifact-root", (results_dir / "mlartifacts").resolve().as_uri()]
     sys.exit(subprocess.call(cmd))
+
+
+def _print_metrics(report, as_json: bool) -> None:
+    import json
+
+    from harness.report import display_scale
+
+    if as_json:
+        out = dict(report.values)
+        out["ci"] = {k: list(v) for k, v in report.ci.items()}
+        out["unavailable"] = dict(report.unavailable)
+        out["info"] = dict(getattr(report, "info", {}) or {})
+        click.echo(json.dumps(out, indent=1, sort_keys=True))
+        return
+    click.echo(f"{'metric':24s} {'value':>10s}   95% CI")
+    for k, v in report.values.items():
+        s = display_scale(k) if k != "overall" else 1.0
+        lo, hi = report.ci.get(k, (float("nan"), float("nan")))
+        click.echo(f"{k:24s} {v * s:10.2f}   [{lo * s:.2f}, {hi * s:.2f}]")
+    for k, why in report.unavailable.items():
+        click.echo(f"{k:24s} {'n/a':>10s}   unavailable: {why}")
+
+
+@main.group()
+def score() -> None:
+    """Score predictions made elsewhere with mmbench's metrics."""
+
+
+@score.command("captioning")
+@click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False), help="COCO caption annotation JSON.")
+@click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False), help="COCO results JSON: [{image_id, caption}].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (pycocoevalcap metric names).")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--log-mlflow", is_flag=True, help="Also log the scores to MLflow as an external run.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None)
+def score_captioning(annotations, predictions, as_json, bootstrap, log_mlflow, tracking_uri) -> None:
+    from tasks.metrics.external import score_coco_results
+
+    try:
+        report = score_coco_results(annotations, predictions, n_boot=bootstrap)
+    except (ValueError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_metrics(report, as_json)
+    if log_mlflow:
+        _log_external("captioning", predictions, report, tracking_uri)
+
+
+@score.command("vqa")
+@click.option("--questions", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False), help="Official results JSON: [{question_id, answer}].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object ('overall' in percent).")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--log-mlflow", is_flag=True)
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None)
+def score_vqa_cmd(questions, annotations, predictions, as_json, bootstrap, log_mlflow, tracking_uri) -> None:
+    from tasks.metrics.external import score_vqa_results
+
+    try:
+        report = score_vqa_results(questions, annotations, predictions, n_boot=bootstrap)
+    except (ValueError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_metrics(report, as_json)
+    if log_mlflow:
+        _log_external("vqa", predictions, report, tracking_uri)
+
+
+def _log_external(kind: str, predictions: str, report, tracking_uri: str | None) -> None:
+    from harness.tracking import Tracker, default_tracking_uri
+
+    results_dir = Path("results")
+    tracker = Tracker(tracking_uri or default_tracking_uri(results_dir), "mmbench", results_dir / "mlartifacts")
+    run = tracker.start_parent(f"external-{kind}-{Path(predictions).stem}", {"predictions": str(predictions), "kind": kind},
+                               {"mmbench.kind": "external", "mmbench.paradigm": f"external:{Path(predictions).stem}"})
+    metrics = dict(report.values)
+    for k, (lo, hi) in report.ci.items():
+        metrics[f"{k}_ci_low"], metrics[f"{k}_ci_high"] = lo, hi
+    tracker.log_metrics(run, metrics)
+    tracker.end(run)
+    click.echo(f"logged to MLflow run {run}", err=True)
+
+
+@main.command()
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--metric", default=None, help="Per-sample metric to compare (default: the runs' primary metric).")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None)
+@click.option("--bootstrap", type=click.IntRange(min=100), default=10000, show_default=True)
+def compare(run_a: str, run_b: str, metric: str | None, results_dir: Path, tracking_uri: str | None, bootstrap: int) -> None:
+    """Paired bootstrap test between two nested runs (MLflow run ids) on the same samples."""
+    from harness.compare import compare_runs
+    from harness.tracking import default_tracking_uri
+
+    try:
+        res, name, labels = compare_runs(tracking_uri or default_tracking_uri(results_dir), run_a, run_b, metric, bootstrap)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{name}: {labels[0]} = {res.value_a:.4f}, {labels[1]} = {res.value_b:.4f} (n={res.n})")
+    click.echo(f"difference A-B = {res.mean_diff:+.4f}, 95% CI [{res.ci[0]:+.4f}, {res.ci[1]:+.4f}], "
+               f"p = {res.p_value:.4f} (paired bootstrap, {res.n_boot} resamples)")
 
 
 if __name__ == "__main__":  # pragma: no cover

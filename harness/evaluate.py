@@ -27,6 +27,9 @@ class RunOutcome:
     parent_run_id: str | None
     summary_dir: Path
     table: str
+    computed: int = 0
+    cached: int = 0
+    loaded: tuple[str, ...] = ()
 
 
 def reproducibility(config: RunConfig, runner: Runner) -> dict[str, Any]:
@@ -163,4 +166,8 @@ def run_evaluation(
             tracker.log_text(parent, frame.to_csv(index=False), "results.csv")
         tracker.end(parent, status)
         cache.close()
-    return RunOutcome(config_hash, results, parent, summary_dir, table)
+    return RunOutcome(
+        config_hash, results, parent, summary_dir, table,
+        computed=sum(r.computed for r in results), cached=sum(r.cached for r in results),
+        loaded=tuple(runner.backbones.loaded()),
+    )

@@ -30,6 +30,7 @@ class Shot:
     image: Image.Image | None
     prompt: str
     answer: str
+    question: str = ""  # the raw question (empty for captioning); ``prompt`` is the rendered template
 
 
 @dataclass(frozen=True)

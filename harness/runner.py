@@ -364,6 +364,7 @@ class Runner:
                     image=ximg,
                     prompt=unit.task.spec.render_prompt(x.question, x.choices),
                     answer=x.gold_text,
+                    question=x.question,
                 )
             )
         return Request(
