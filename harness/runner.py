@@ -252,6 +252,7 @@ class Runner:
         self._instances: dict[str, Paradigm] = {}
         self._prepared: set[str] = set()
         self._fingerprints: dict[str, str] | None = None
+        self._meteor: Any = None
 
     # ------------------------------------------------------------------ helpers
     def fingerprints(self) -> dict[str, str]:
@@ -492,16 +493,39 @@ class Runner:
         memo = self.cache.memo_get("metrics", key)
         if memo is not None:
             return metric_from_dict(memo)
-        res = METRICS[metric](samples, preds, n_boot=self.config.bootstrap, seed=self.config.seed)
+        extra: dict[str, Any] = {}
+        if metric == "caption":
+            extra["meteor_process"] = self._meteor_process()
+        res = METRICS[metric](samples, preds, n_boot=self.config.bootstrap, seed=self.config.seed, **extra)
         self.cache.memo_put("metrics", key, metric_to_dict(res))
         return res
+
+    def _meteor_process(self) -> Any:
+        """One METEOR JVM for the whole run (its start-up costs seconds); None without Java."""
+        if self._meteor is None:
+            from tasks.metrics import MeteorProcess
+
+            try:
+                self._meteor = MeteorProcess()
+            except RuntimeError as exc:  # no Java: caption metrics report METEOR as unavailable
+                log.warning("METEOR unavailable: %s", exc)
+                self._meteor = False
+        return self._meteor or None
+
+    def close(self) -> None:
+        if self._meteor:
+            self._meteor.close()
+        self._meteor = None
 
     def run(self) -> list[UnitResult]:
         units = self.plan.units()
         results = []
-        for i, unit in enumerate(units, 1):
-            log.info("[%d/%d] %s", i, len(units), unit.name)
-            results.append(self.run_unit(unit))
+        try:
+            for i, unit in enumerate(units, 1):
+                log.info("[%d/%d] %s", i, len(units), unit.name)
+                results.append(self.run_unit(unit))
+        finally:
+            self.close()
         return results
 
 
