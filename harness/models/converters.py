@@ -1,0 +1,325 @@
+"""Image -> text converters: what the text-conversion paradigm (PICa, PromptCap) puts in the prompt.
+
+Each converter turns one kind of vision-model output into plain text. Offline they read the shared
+:class:`~harness.models.tools.ToolBox` (object detector, ImageNet classifier, OCR, face detector);
+with the hub, :class:`CaptionModelConverter` runs a real image captioner (BLIP/GIT-style). A
+converter exposes its output twice: as separate *facts* (one detection, one label, one OCR line —
+PromptCap's offline approximation ranks these against the question) and as one rendered string.
+
+:class:`ConversionCache` computes a converter's output once per ``(settings, image_id)`` and reuses
+it across tasks, shots and variants that share the cache.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Protocol, Sequence, Union
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.models.packaged import ModelUnavailable
+from harness.models.tools import describe_position
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- settings
+class ObjectsSpec(_Strict):
+    """Object detections: label, and (optionally) a coarse position such as ``left`` or ``top right``."""
+
+    kind: Literal["objects"] = "objects"
+    min_score: float = Field(0.5, ge=0, le=1)
+    max_items: int = Field(10, ge=1)
+    positions: bool = True
+
+
+class TagsSpec(_Strict):
+    """ImageNet classification labels (PICa's "tags")."""
+
+    kind: Literal["tags"] = "tags"
+    top_k: int = Field(5, ge=1)
+    min_score: float = Field(0.05, ge=0, le=1)
+
+
+class OcrSpec(_Strict):
+    """Text read in the image, one quoted string per recognised line."""
+
+    kind: Literal["ocr"] = "ocr"
+    min_score: float = Field(0.5, ge=0, le=1)
+    max_lines: int = Field(5, ge=1)
+
+
+class FacesSpec(_Strict):
+    """Number of faces; omitted when zero unless ``include_zero``."""
+
+    kind: Literal["faces"] = "faces"
+    include_zero: bool = False
+
+
+class CaptionerSpec(_Strict):
+    """A hub or local image captioner (BLIP, GIT, ...); nothing like it ships offline (BRIEF §5)."""
+
+    kind: Literal["captioner"] = "captioner"
+    model: str
+    revision: str | None = None
+    max_new_tokens: int = Field(30, ge=1)
+    device: str = "cpu"
+
+
+ConverterSpec = Annotated[
+    Union[ObjectsSpec, TagsSpec, OcrSpec, FacesSpec, CaptionerSpec], Field(discriminator="kind")
+]
+DEFAULT_CONVERTERS: tuple[ConverterSpec, ...] = (ObjectsSpec(), TagsSpec(), OcrSpec(), FacesSpec())
+
+
+# --------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Fact:
+    """One statement about an image: ``label`` names its kind (``Objects``), ``text`` its content."""
+
+    label: str
+    text: str
+    score: float | None = None
+    phrase: str = ""  # how the fact reads in a sentence; what relevance ranking embeds
+
+    @property
+    def ranking_text(self) -> str:
+        return self.phrase or self.text
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A converter's output for one image, with how it was obtained (for the trace and the cost)."""
+
+    text: str
+    facts: tuple[Fact, ...]
+    tool_calls: int = 0
+    seconds: float = 0.0
+
+
+class ToolRunner(Protocol):
+    def run(self, tool_name: str, image_id: str, image: Image.Image, **kwargs: Any) -> Any: ...
+
+
+# --------------------------------------------------------------------------- helpers
+def render_facts(facts: Sequence[Fact]) -> str:
+    """``Objects: dog (left), person. Scene tags: golden retriever.``
+
+    Consecutive facts with the same label share one heading; the facts' order is kept exactly
+    (PromptCap's offline variant orders them by relevance).
+    """
+    runs: list[tuple[str, list[str]]] = []
+    for f in facts:
+        if runs and runs[-1][0] == f.label:
+            runs[-1][1].append(f.text)
+        else:
+            runs.append((f.label, [f.text]))
+    return " ".join(f"{label}: {', '.join(texts)}." for label, texts in runs)
+
+
+# --------------------------------------------------------------------------- converters
+class Converter(ABC):
+    """Turns an image into facts; ``key`` identifies its settings in caches."""
+
+    spec: BaseModel
+
+    @property
+    def key(self) -> str:
+        return self.spec.model_dump_json()
+
+    @abstractmethod
+    def facts(self, image_id: str, image: Image.Image, question: str = "") -> tuple[Fact, ...]:
+        """Facts about the image (``question`` only matters to question-aware converters)."""
+
+    def question_aware(self) -> bool:
+        return False
+
+
+class ObjectsConverter(Converter):
+    """Reads the shared detector's cached output (its own threshold, 0.4) and filters it further."""
+
+    def __init__(self, spec: ObjectsSpec, tools: ToolRunner) -> None:
+        self.spec, self.tools = spec, tools
+
+    def facts(self, image_id: str, image: Image.Image, question: str = "") -> tuple[Fact, ...]:
+        kw = {"score_threshold": self.spec.min_score} if self.spec.min_score < 0.4 else {}
+        out = self.tools.run("object_detector", image_id, image, **kw)
+        dets = [d for d in out.items if d.score >= self.spec.min_score][: self.spec.max_items]
+        return tuple(
+            Fact("Objects", f"{d.label} ({describe_position(d.box)})" if self.spec.positions else d.label, d.score)
+            for d in dets
+        )
+
+
+class TagsConverter(Converter):
+    """ImageNet labels from the shared classifier (default top 5 above 0.05, like the tool's own)."""
+
+    def __init__(self, spec: TagsSpec, tools: ToolRunner) -> None:
+        self.spec, self.tools = spec, tools
+
+    def facts(self, image_id: str, image: Image.Image, question: str = "") -> tuple[Fact, ...]:
+        kw: dict[str, Any] = {}
+        if self.spec.top_k > 5 or self.spec.min_score < 0.05:
+            kw = {"top_k": self.spec.top_k, "min_score": self.spec.min_score}
+        out = self.tools.run("image_classifier", image_id, image, **kw)
+        items = [c for c in out.items if c.score >= self.spec.min_score][: self.spec.top_k]
+        return tuple(Fact("Scene tags", c.label, c.score) for c in items)
+
+
+class OcrConverter(Converter):
+    def __init__(self, spec: OcrSpec, tools: ToolRunner) -> None:
+        self.spec, self.tools = spec, tools
+
+    def facts(self, image_id: str, image: Image.Image, question: str = "") -> tuple[Fact, ...]:
+        kw = {"min_score": self.spec.min_score} if self.spec.min_score < 0.5 else {}
+        out = self.tools.run("text_reader", image_id, image, **kw)
+        lines = [t for t in out.items if t.score >= self.spec.min_score][: self.spec.max_lines]
+        return tuple(Fact("Text in image", f"'{t.text}'", t.score, phrase=f"the text '{t.text}'") for t in lines)
+
+
+class FacesConverter(Converter):
+    def __init__(self, spec: FacesSpec, tools: ToolRunner) -> None:
+        self.spec, self.tools = spec, tools
+
+    def facts(self, image_id: str, image: Image.Image, question: str = "") -> tuple[Fact, ...]:
+        n = len(self.tools.run("face_detector", image_id, image).items)
+        if n == 0 and not self.spec.include_zero:
+            return ()
+        return (Fact("Faces", str(n), phrase=f"{n} face{'' if n == 1 else 's'}"),)
+
+
+def strip_prompt(text: str, prompt: str) -> str:
+    """Drop an echoed text prompt from a caption (BLIP/GIT return prompt + caption; tokenizers may
+    re-space punctuation, so the match ignores whitespace and case)."""
+    target = "".join(prompt.lower().split())
+    acc = ""
+    for i, ch in enumerate(text):
+        if not target:
+            break
+        if not ch.isspace():
+            acc += ch.lower()
+        if acc == target:
+            return text[i + 1 :].strip()
+        if not target.startswith(acc):
+            break
+    return text.strip()
+
+
+PROMPTCAP_CAPTION_PROMPT = "please describe this image according to the given question: {question}"
+
+
+class CaptionModelConverter(Converter):
+    """A real captioner (hub id or local folder), loaded on first use.
+
+    ``facts(question=...)`` with a non-empty question asks the captioner PromptCap's question-aware
+    prompt; captioners that take no text prompt (plain BLIP/GIT) are then conditioned on it as a prefix.
+    """
+
+    def __init__(self, spec: CaptionerSpec, prompt_template: str = "") -> None:
+        self.spec = spec
+        self.prompt_template = prompt_template
+        self._model: Any = None
+        self._processor: Any = None
+
+    @property
+    def key(self) -> str:
+        return self.spec.model_dump_json() + "|" + self.prompt_template
+
+    def question_aware(self) -> bool:
+        return "{question}" in self.prompt_template
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        import transformers
+
+        auto_model = getattr(transformers, "AutoModelForImageTextToText", None) or getattr(
+            transformers, "AutoModelForVision2Seq"
+        )
+        kw = {"revision": self.spec.revision} if self.spec.revision else {}
+        try:
+            self._processor = transformers.AutoProcessor.from_pretrained(self.spec.model, **kw)
+            self._model = auto_model.from_pretrained(self.spec.model, **kw).to(self.spec.device).eval()
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(
+                f"captioner {self.spec.model!r} cannot be loaded ({exc}). No captioner ships offline; "
+                "point 'model' at a local folder, or use the tool converters (objects, tags, ocr, faces)."
+            ) from exc
+
+    def caption(self, image: Image.Image, prompt: str = "") -> str:
+        import torch
+
+        self._load()
+        kwargs: dict[str, Any] = {"images": image, "return_tensors": "pt"}
+        if prompt:
+            kwargs["text"] = prompt
+        inputs = self._processor(**kwargs).to(self.spec.device)
+        with torch.inference_mode():
+            ids = self._model.generate(**inputs, max_new_tokens=self.spec.max_new_tokens, do_sample=False)
+        text = self._processor.batch_decode(ids, skip_special_tokens=True)[0]
+        return strip_prompt(text, prompt)
+
+    def facts(self, image_id: str, image: Image.Image, question: str = "") -> tuple[Fact, ...]:
+        prompt = self.prompt_template.format(question=question) if self.prompt_template else ""
+        text = self.caption(image, prompt)
+        return (Fact("Caption", text),) if text else ()
+
+
+def build_converter(spec: BaseModel, tools: ToolRunner | None, *, caption_prompt: str = "") -> Converter:
+    """The converter a spec describes; ``tools`` is only touched when a tool converter runs."""
+    if isinstance(spec, CaptionerSpec):
+        return CaptionModelConverter(spec, caption_prompt)
+    table: dict[type, type[Converter]] = {
+        ObjectsSpec: ObjectsConverter, TagsSpec: TagsConverter, OcrSpec: OcrConverter, FacesSpec: FacesConverter
+    }
+    for cls, conv in table.items():
+        if isinstance(spec, cls):
+            if tools is None:
+                raise ValueError(f"converter {spec.kind!r} needs the tool box")
+            return conv(spec, tools)  # type: ignore[abstract]
+    raise TypeError(f"unknown converter spec {type(spec).__name__}")
+
+
+# --------------------------------------------------------------------------- cache + composite
+@dataclass
+class ConversionCache:
+    """Converter outputs keyed by (converter settings, image id[, question]); owned by whoever shares it."""
+
+    entries: dict[tuple[str, str, str], Conversion] = field(default_factory=dict)
+
+    def get(self, conv: Converter, image_id: str, image: Image.Image, question: str = "") -> Conversion:
+        q = question if conv.question_aware() else ""
+        k = (conv.key, image_id, q)
+        hit = self.entries.get(k)
+        if hit is not None:
+            return Conversion(hit.text, hit.facts, tool_calls=0, seconds=0.0)
+        t0 = time.perf_counter()
+        facts = conv.facts(image_id, image, q)
+        res = Conversion(render_facts(facts), facts, 1, time.perf_counter() - t0)
+        self.entries[k] = res
+        return res
+
+
+class CompositeConverter:
+    """Several converters joined into one context string, in the configured order."""
+
+    def __init__(self, converters: Sequence[Converter], cache: ConversionCache) -> None:
+        self.converters = list(converters)
+        self.cache = cache
+
+    def convert(self, image_id: str, image: Image.Image | None, question: str = "") -> Conversion:
+        if image is None:
+            raise ValueError(f"image {image_id!r} is missing")
+        parts = [self.cache.get(c, image_id, image, question) for c in self.converters]
+        facts = tuple(f for p in parts for f in p.facts)
+        return Conversion(
+            " ".join(p.text for p in parts if p.text),
+            facts,
+            sum(p.tool_calls for p in parts),
+            sum(p.seconds for p in parts),
+        )
