@@ -58,6 +58,8 @@ def _unit_params(r: UnitResult, config_hash: str) -> dict[str, Any]:
         "trial": u.trial,
         "dataset": ds.name,
         "dataset_split": ds.split,
+        "dataset_loader": u.task.spec.dataset,
+        "dataset_options": u.task.options,
         "dataset_source": ds.source,
         "dataset_size": len(ds),
         "dataset_license": ds.license,

@@ -38,6 +38,7 @@ class PlannedTask:
     dataset: Dataset
     support: Dataset | None
     fingerprint: str
+    options: dict[str, Any] = field(default_factory=dict)  # resolved dataset options (paths absolute)
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ def _plan_task(spec: TaskSpec, overrides: dict[str, Any], limit: int | None, con
             "support": support.source if support else None,
         }
     )
-    return PlannedTask(spec, ds, support, fp)
+    return PlannedTask(spec, ds, support, fp, options)
 
 
 # ---------------------------------------------------------------------- execution
