@@ -1,0 +1,166 @@
+"""The ``guided_decoding/magic`` paradigm: MAGIC search of the shared LLM, steered by the shared scorer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.interface import Answer, Paradigm, Request
+from harness.registry import register_paradigm
+from paradigms.guided_decoding.common import (
+    ImageEmbeddings,
+    TextEmbeddingMemo,
+    build_prompt,
+    cosine_to_images,
+    cut_answer,
+    encode_left_padded,
+    eos_ids,
+)
+from paradigms.guided_decoding.magic_search import magic_search
+
+
+class MagicOptions(BaseModel):
+    """MAGIC's settings; defaults are the authors' COCO ones (Flickr30k used k=25)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: int = Field(45, ge=1, description="candidates per step (LM top-k)")
+    alpha: float = Field(0.1, ge=0.0, le=1.0, description="degeneration penalty weight")
+    beta: float = Field(2.0, ge=0.0, description="image–text (scorer) term weight")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="answer length; None = the request's (16, as MAGIC's COCO setting)"
+    )
+    scorer_window: int = Field(60, ge=1, description="the scorer sees the last N generated tokens")
+    scorer_logit_scale: float | None = Field(
+        None, gt=0, description="override of the scorer's logit scale (None = the scorer's own)"
+    )
+    caption_prefix: str = Field("A", description="words that start every caption (MAGIC: its LM's start token)")
+    chat: bool = Field(True, description="wrap the task prompt in the LLM's chat template")
+    reuse_kv_cache: bool = Field(True, description="False = recompute the prefix per candidate (naive; same answers)")
+    decode_batch: int = Field(8, ge=1, description="images decoded together (memory bound; never changes answers)")
+
+
+#: Options that only change speed or memory, never an answer (kept out of the cache key).
+SPEED_ONLY = frozenset({"reuse_kv_cache", "decode_batch"})
+
+
+@register_paradigm
+class Magic(Paradigm):
+    family = "guided_decoding"
+    variant = "magic"
+    description = "MAGIC search: LM top-k re-ranked by fluency, degeneration penalty and image–text score"
+    Options = MagicOptions
+    uses = ("llm", "scorer")
+
+    def __init__(self, backbones: Any, options: MagicOptions, generation: Any) -> None:
+        super().__init__(backbones, options, generation)
+        self._lm: Any = None
+        self._adaptation: dict[str, Any] = {"used": False}
+
+    def fingerprint(self) -> dict[str, Any]:
+        opts = {k: v for k, v in self.options.model_dump(mode="json").items() if k not in SPEED_ONLY}
+        return {"paradigm": self.name, "options": opts, "lm_adapted": False}
+
+    def prepare(self) -> None:
+        self._lm = self._language_model()
+
+    def _language_model(self) -> Any:
+        # MAGIC's LM domain adaptation (fine-tuning on caption text) is not built yet: the shared
+        # LLM is used as is, and every trace says so.
+        if self._lm is None:
+            self._lm = self.backbones.llm
+        return self._lm
+
+    def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
+        answers: list[Answer | None] = [None] * len(requests)
+        ok: list[int] = []
+        for i, r in enumerate(requests):
+            if r.image is None:
+                answers[i] = Answer.failed("no image: MAGIC needs an image to score candidates against")
+            else:
+                ok.append(i)
+        step = self.options.decode_batch
+        for start in range(0, len(ok), step):
+            chunk = ok[start : start + step]
+            try:
+                for i, a in zip(chunk, self._answer_chunk([requests[i] for i in chunk])):
+                    answers[i] = a
+            except Exception as exc:  # one bad chunk: retry its samples one by one
+                if len(chunk) == 1:
+                    answers[chunk[0]] = Answer.failed(f"{type(exc).__name__}: {exc}")
+                    continue
+                for i in chunk:
+                    try:
+                        answers[i] = self._answer_chunk([requests[i]])[0]
+                    except Exception as exc1:
+                        answers[i] = Answer.failed(f"{type(exc1).__name__}: {exc1}")
+        return [a if a is not None else Answer.failed("not answered") for a in answers]
+
+    def _answer_chunk(self, reqs: Sequence[Request]) -> list[Answer]:
+        o = self.options
+        t0 = time.perf_counter()
+        lm = self._language_model()
+        tok = lm.tokenizer
+        scorer = self.backbones.scorer
+        prompts = [build_prompt(lm, r, chat=o.chat, caption_prefix=o.caption_prefix) for r in reqs]
+        images = ImageEmbeddings(scorer, reqs).stack([r.image_id for r in reqs])
+        texts = TextEmbeddingMemo(scorer)
+        scale = float(o.scorer_logit_scale or scorer.logit_scale)
+        stop = tuple(self.generation.stop)
+
+        def scorer_logits(rows: Sequence[int], gen: Sequence[list[int]], cands: torch.Tensor) -> torch.Tensor:
+            strings = []
+            for r, g, cs in zip(rows, gen, cands.tolist()):
+                window = [(g + [c])[-o.scorer_window :] for c in cs]
+                strings += [prompts[r].answer_prefix + s for s in tok.batch_decode(window, skip_special_tokens=True)]
+            emb = texts(strings).view(len(rows), cands.shape[1], -1)
+            return scale * cosine_to_images(images[list(rows)], emb)
+
+        def row_done(r: int, g: list[int]) -> bool:
+            return cut_answer(tok.decode(g, skip_special_tokens=True), stop)[1]
+
+        ids, mask = encode_left_padded(tok, [p.lm_prompt for p in prompts], lm.device)
+        n_new = [o.max_new_tokens or r.max_new_tokens for r in reqs]
+        res = magic_search(
+            lm.model,
+            ids,
+            mask,
+            k=o.k,
+            alpha=o.alpha,
+            beta=o.beta,
+            max_new_tokens=max(n_new),
+            scorer_logits=scorer_logits,
+            stop_ids=eos_ids(lm),
+            row_done=row_done,
+            reuse_cache=o.reuse_kv_cache,
+        )
+        share = (time.perf_counter() - t0) / len(reqs)
+        out = []
+        for b, (r, p) in enumerate(zip(reqs, prompts)):
+            gen = res.ids[b][: n_new[b]]
+            body, _ = cut_answer(tok.decode(gen, skip_special_tokens=True), stop)
+            text = (p.answer_prefix + body).strip()
+            out.append(
+                Answer(
+                    text=text,
+                    latency_s=share,
+                    llm_tokens_in=int(mask[b].sum()),
+                    llm_tokens_out=len(gen),
+                    trace={
+                        "lm_prompt": p.lm_prompt,
+                        "answer_prefix": p.answer_prefix,
+                        "scorer": getattr(scorer, "name", type(scorer).__name__),
+                        "scorer_logit_scale": scale,
+                        "lm_adaptation": self._adaptation,
+                        "steps": [
+                            {**s, "text": tok.decode([s["token"]])} for s in res.steps[b][: n_new[b] + 1]
+                        ],
+                        "candidate_forwards_in_batch": res.candidate_forwards,
+                        "texts_scored_in_batch": texts.texts_embedded,
+                    },
+                )
+            )
+        return out

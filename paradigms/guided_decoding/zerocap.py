@@ -1,0 +1,159 @@
+"""The ``guided_decoding/zerocap`` paradigm: ZeroCap's context-shifting beam search."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.interface import Answer, Paradigm, Request
+from harness.registry import register_paradigm
+from paradigms.guided_decoding.common import (
+    ImageEmbeddings,
+    TextEmbeddingMemo,
+    build_prompt,
+    cosine_to_images,
+    cut_answer,
+    encode_left_padded,
+    eos_ids,
+)
+from paradigms.guided_decoding.zerocap_search import ZeroCapSettings, zerocap_search
+
+
+class ZeroCapOptions(BaseModel):
+    """Published ZeroCap settings by default; lower ``beam``/``steps``/``top_candidates`` for CPU."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    beam: int = Field(5, ge=1)
+    steps: int = Field(5, ge=0, description="gradient steps on the context per token")
+    step_size: float = Field(0.3, gt=0)
+    fluency_weight: float = Field(0.2, ge=0, description="weight of KL(shifted ‖ unshifted)")
+    fusion: float = Field(0.99, ge=0, le=1, description="p_shifted^f · p_unshifted^(1−f)")
+    top_candidates: int = Field(512, ge=1, description="candidates scored by the scorer per step")
+    temperature: float = Field(0.01, gt=0, description="scorer temperature of the target distribution")
+    end_factor: float = Field(1.01, gt=0)
+    grad_norm_power: float = Field(0.9, ge=0)
+    repetition_penalty: float = Field(1.0, gt=0)
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="None: 15 for captions (published target length), the request's otherwise"
+    )
+    prompt_prefix: str = Field("Image of a", description="the caption's first words (published: 'Image of a')")
+    keep_prefix_in_caption: bool = Field(True, description="return 'Image of a …' as the authors print it")
+    forbidden_words: tuple[str, ...] = Field((), description="tokens damped by a factor 20 (authors: a GPT-2 id list)")
+    chat: bool = Field(True, description="wrap the task prompt in the LLM's chat template")
+    decode_batch: int = Field(4, ge=1, description="images decoded together (memory; never changes answers)")
+
+
+@register_paradigm
+class ZeroCap(Paradigm):
+    family = "guided_decoding"
+    variant = "zerocap"
+    description = "ZeroCap: per-token gradient shifts of the LM's key/value context toward the scorer"
+    Options = ZeroCapOptions
+    uses = ("llm", "scorer")
+
+    def fingerprint(self) -> dict[str, Any]:
+        opts = {k: v for k, v in self.options.model_dump(mode="json").items() if k != "decode_batch"}
+        return {"paradigm": self.name, "options": opts}
+
+    def _settings(self) -> ZeroCapSettings:
+        o = self.options
+        return ZeroCapSettings(
+            beam=o.beam,
+            steps=o.steps,
+            step_size=o.step_size,
+            fluency_weight=o.fluency_weight,
+            fusion=o.fusion,
+            top_candidates=o.top_candidates,
+            temperature=o.temperature,
+            grad_norm_power=o.grad_norm_power,
+            end_factor=o.end_factor,
+            repetition_penalty=o.repetition_penalty,
+        )
+
+    def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
+        answers: list[Answer] = [Answer.failed("not answered")] * len(requests)
+        ok = [i for i, r in enumerate(requests) if r.image is not None]
+        for i, r in enumerate(requests):
+            if r.image is None:
+                answers[i] = Answer.failed("no image: ZeroCap needs an image to score candidates against")
+        for start in range(0, len(ok), self.options.decode_batch):
+            chunk = ok[start : start + self.options.decode_batch]
+            try:
+                for i, a in zip(chunk, self._answer_chunk([requests[i] for i in chunk])):
+                    answers[i] = a
+            except Exception:
+                for i in chunk:  # isolate the failing sample
+                    try:
+                        answers[i] = self._answer_chunk([requests[i]])[0]
+                    except Exception as exc:
+                        answers[i] = Answer.failed(f"{type(exc).__name__}: {exc}")
+        return answers
+
+    def _answer_chunk(self, reqs: Sequence[Request]) -> list[Answer]:
+        o = self.options
+        t0 = time.perf_counter()
+        lm = self.backbones.llm
+        tok = lm.tokenizer
+        scorer = self.backbones.scorer
+        prompts = [build_prompt(lm, r, chat=o.chat, caption_prefix=o.prompt_prefix) for r in reqs]
+        images = ImageEmbeddings(scorer, reqs)
+        img = images.stack([r.image_id for r in reqs])
+        texts = TextEmbeddingMemo(scorer)
+
+        def candidate_sims(row_img: Sequence[int], prefixes: Sequence[list[int]], cand: torch.Tensor) -> torch.Tensor:
+            heads = tok.batch_decode(list(prefixes), skip_special_tokens=True)
+            strings = []
+            for i, head, cs in zip(row_img, heads, cand.tolist()):
+                tails = tok.batch_decode([[c] for c in cs], skip_special_tokens=True)
+                strings += [prompts[i].answer_prefix + head + t for t in tails]
+            emb = texts(strings).view(len(row_img), cand.shape[1], -1)
+            return cosine_to_images(img[list(row_img)], emb)
+
+        ids, mask = encode_left_padded(tok, [p.lm_prompt for p in prompts], lm.device)
+        n_new = [o.max_new_tokens or (15 if r.kind == "caption" else r.max_new_tokens) for r in reqs]
+        end_id = tok(".", add_special_tokens=False).input_ids[0]
+        forbidden = [t for w in o.forbidden_words for t in tok(w, add_special_tokens=False).input_ids[:1]]
+        res = zerocap_search(
+            lm.model,
+            ids,
+            mask,
+            max_new_tokens=max(n_new),
+            candidate_sims=candidate_sims,
+            end_ids=eos_ids(lm),
+            end_id=end_id,
+            forbidden=forbidden,
+            settings=self._settings(),
+        )
+        stop = tuple(self.generation.stop)
+        share = (time.perf_counter() - t0) / len(reqs)
+        out = []
+        for b, (r, p) in enumerate(zip(reqs, prompts)):
+            beams = [cut_answer(tok.decode(g[: n_new[b]], skip_special_tokens=True), stop)[0] for g in res.beams[b]]
+            # The winner is the beam the scorer prefers (authors: CLIP over the continuations).
+            sims = cosine_to_images(img[b : b + 1], texts(beams)[None])[0]
+            best = int(sims.argmax())
+            keep = p.answer_prefix if (o.keep_prefix_in_caption or r.kind != "caption") else ""
+            out.append(
+                Answer(
+                    text=(keep + beams[best]).strip(),
+                    latency_s=share,
+                    llm_tokens_in=int(mask[b].sum()),
+                    llm_tokens_out=len(res.beams[b][best]),
+                    trace={
+                        "lm_prompt": p.lm_prompt,
+                        "answer_prefix": p.answer_prefix,
+                        "scorer": getattr(scorer, "name", type(scorer).__name__),
+                        "beams": beams,
+                        "beam_lm_scores": [round(x, 4) for x in res.beam_scores[b]],
+                        "beam_scorer_sims": [round(float(x), 4) for x in sims],
+                        "chosen_beam": best,
+                        "shift_loss_per_token": [round(x, 4) for x in res.losses[b]],
+                        "texts_scored_in_batch": texts.texts_embedded,
+                    },
+                )
+            )
+        return out
