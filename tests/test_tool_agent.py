@@ -1,0 +1,406 @@
+"""Tool agents: registry validation, both prompt formats, the loop's budgets, safety and batching.
+
+Most tests script the LLM (a double that returns given continuations, cut at the stop strings as the
+real one does) and give the agent small deterministic tools in a real ToolBox, so each trajectory is
+exact. One test runs the packaged SmolLM2 with the packaged tools on real photographs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import re
+from types import SimpleNamespace
+from typing import Callable, Sequence
+
+import pytest
+import torch
+from PIL import Image
+
+from harness.agent_tools import AgentToolsOptions, ImageQueryInput, ToolInputError, build_registry, image_path
+from harness.interface import Request, Shot
+from harness.models.llm import Generation, GenerationSettings, cut_at_stop
+from harness.models.tools import ToolBox
+from paradigms.tool_agent import MMReact, ToolAgentOptions, VisualChatGPT
+
+
+# ------------------------------------------------------------------------------------ doubles
+class ScriptedLLM:
+    """Returns scripted continuations: a list consumed in order, or a function of the prompt."""
+
+    def __init__(self, script: Sequence[str] | Callable[[str], str]) -> None:
+        self.script = script if callable(script) else list(script)
+        self.calls: list[tuple[list[str], GenerationSettings]] = []
+
+    def chat_prompt(self, user: str, system: str | None = None, assistant_prefix: str = "") -> str:
+        return f"<system>\n{system}\n<user>\n{user}\n<assistant>\n{assistant_prefix}"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def generate(self, prompts, settings=GenerationSettings(), *, batch_size=8):  # noqa: ANN001
+        self.calls.append((list(prompts), settings))
+        out = []
+        for p in prompts:
+            raw = self.script(p) if callable(self.script) else self.script.pop(0)
+            text, hit = cut_at_stop(raw, settings.stop)
+            out.append(Generation(text, self.count_tokens(p), self.count_tokens(text), hit))
+        return out
+
+
+class FakeTool:
+    """A vision tool stand-in with a fixed, image-dependent output (real ToolBox around it)."""
+
+    def __init__(self, name: str, fn: Callable[[Image.Image], str]) -> None:
+        self.name, self.fn, self.calls = name, fn, 0
+
+    def fingerprint(self) -> str:
+        return self.name
+
+    def __call__(self, image: Image.Image, **kwargs: object) -> SimpleNamespace:
+        self.calls += 1
+        text = self.fn(image)
+        return SimpleNamespace(to_text=lambda: text)
+
+
+class FakeScorer:
+    name = "fake-scorer"
+
+    def embed_images(self, images, image_ids):  # noqa: ANN001
+        return torch.tensor([[1.0, 0.0]])
+
+    def embed_texts(self, texts):  # noqa: ANN001
+        return torch.tensor([[0.8, 0.6]]) if "cat" in texts[0] else torch.tensor([[0.0, 1.0]])
+
+    def similarity(self, a, b):  # noqa: ANN001
+        return a @ b.T
+
+
+def _colour(image: Image.Image) -> str:
+    return "red" if image.getpixel((0, 0))[0] > 128 else "blue"
+
+
+def make_backbones(llm, ocr_raises: bool = False):  # noqa: ANN001
+    def ocr(image: Image.Image) -> str:
+        if ocr_raises:
+            raise RuntimeError("ocr model exploded")
+        return '"STOP" (0.99, centre)'
+
+    tools = [
+        FakeTool("object_detector", lambda im: f"cat (0.91, centre); {_colour(im)} ball (0.55, left)"),
+        FakeTool("image_classifier", lambda im: "tabby cat (0.80)"),
+        FakeTool("text_reader", ocr),
+        FakeTool("face_detector", lambda im: "no faces found"),
+    ]
+    return SimpleNamespace(llm=llm, tools=ToolBox(tools), scorer=FakeScorer())
+
+
+def img(colour: str = "red") -> Image.Image:
+    return Image.new("RGB", (32, 24), colour)
+
+
+def req(i: int = 0, colour: str = "red", **kw) -> Request:  # noqa: ANN003
+    base = dict(
+        sample_id=f"s{i}",
+        image_id=f"img{i}",
+        image=img(colour),
+        prompt="Question: what animal is this? Short answer:",
+        question="what animal is this?",
+        max_new_tokens=8,
+    )
+    base.update(kw)
+    return Request(**base)
+
+
+def agent(cls, llm, ocr_raises: bool = False, **opts):  # noqa: ANN001, ANN003
+    return cls(make_backbones(llm, ocr_raises), ToolAgentOptions(**opts), GenerationSettings())
+
+
+P0 = image_path("img0")
+
+
+# ------------------------------------------------------------------------------------ registry
+def test_registry_lists_tools_and_checks_argument_types():
+    reg = build_registry(make_backbones(None))
+    assert [t.name for t in reg] == ["Detect Objects", "Classify Image", "Read Text", "Detect Faces", "Check Image Shows"]
+    tool, args = reg.validate("detect objects", {"image": P0})  # names are case-insensitive
+    assert tool.name == "Detect Objects" and args.image == P0
+    with pytest.raises(ToolInputError, match="unknown tool"):
+        reg.validate("Segment Anything", {"image": P0})
+    with pytest.raises(ToolInputError, match="bad input for Detect Objects"):
+        reg.validate("Detect Objects", {"image": P0, "query": "dog"})  # takes no query
+    with pytest.raises(ToolInputError, match="bad input"):
+        reg.validate("Detect Objects", {"image": "/etc/passwd"})
+    with pytest.raises(ToolInputError, match="query"):
+        reg.validate("Check Image Shows", {"image": P0})
+    only = build_registry(make_backbones(None), AgentToolsOptions(tools=("Read Text",)))
+    assert [t.name for t in only] == ["Read Text"]
+    with pytest.raises(ValueError, match="unknown agent tools"):
+        build_registry(make_backbones(None), AgentToolsOptions(tools=("Paint",)))
+
+
+def test_scorer_tool_says_yes_or_no_with_score_and_scorer_name():
+    reg = build_registry(make_backbones(None))
+    ref = {P0: SimpleNamespace(path=P0, image_id="img0", image=img())}
+    tool, args = reg.validate("Check Image Shows", {"image": P0, "query": "a cat"})
+    assert isinstance(args, ImageQueryInput)
+    out = reg.run(tool, args, ref)
+    assert out.startswith("yes") and "0.800" in out and "fake-scorer" in out
+    _, args = reg.validate("Check Image Shows", {"image": P0, "query": "a truck"})
+    assert reg.run(tool, args, ref).startswith("no")
+
+
+# ------------------------------------------------------------------------------- trajectories
+def test_react_multi_step_trajectory():
+    llm = ScriptedLLM(
+        [
+            f" Yes\nAction: Detect Objects\nAction Input: {P0}\nObservation: invented!",
+            f" Yes\nAction: Check Image Shows\nAction Input: {P0}, a cat",
+            " No\nAI: a cat\nHuman: more",
+        ]
+    )
+    ans = agent(VisualChatGPT, llm).answer_batch([req()])[0]
+    assert ans.error is None and ans.text == "a cat"
+    t = ans.trace
+    assert [s["kind"] for s in t["transcript"]] == ["action", "action", "final"]
+    assert t["transcript"][0]["observation"].startswith("cat (0.91, centre); red ball")
+    assert t["transcript"][1]["observation"].startswith("yes")
+    assert t["tool_calls"] == 2 and ans.tool_calls == 2 and t["parse_errors"] == 0
+    assert t["tools_used"] == ["Check Image Shows", "Detect Objects"] and not t["budget_exhausted"]
+    first, second = llm.calls[0][0][0], llm.calls[1][0][0]
+    assert "> Detect Objects: " in first and f"provide a figure named {P0}" in first
+    assert first.endswith("Thought: Do I need to use a tool?")
+    # the model's invented observation was cut by the stop string; the real one follows the action
+    assert "invented!" not in second
+    assert second.endswith(f"Action Input: {P0}\nObservation: cat (0.91, centre); red ball (0.55, left)\nThought: Do I need to use a tool?")
+    assert llm.calls[0][1].stop[0] == "\nObservation:"
+    assert ans.llm_tokens_out == sum(len(s["generated"].split()) for s in t["transcript"])
+    json.dumps(ans.trace)
+
+
+def test_mm_react_watchword_trajectory():
+    llm = ScriptedLLM(
+        [
+            f" This is an image. Assistant, what objects do you see in this image? {P0}\nAssistant: made up",
+            f" Assistant, does this image show a cat? {P0}",
+            " a cat",
+        ]
+    )
+    ans = agent(MMReact, llm).answer_batch([req()])[0]
+    assert ans.text == "a cat" and ans.trace["tool_calls"] == 2
+    steps = ans.trace["transcript"]
+    assert steps[0]["tool"] == "Detect Objects" and steps[1]["tool"] == "Check Image Shows"
+    assert steps[1]["observation"].startswith("yes") and "'a cat'" in steps[1]["observation"]
+    last_prompt = llm.calls[2][0][0]
+    assert "made up" not in last_prompt
+    assert f"Assistant, what objects do you see in this image? {P0}\nAssistant: cat (0.91" in last_prompt
+    assert last_prompt.endswith("\nAI:") and llm.calls[0][1].stop == ("\n",)
+
+
+def test_unknown_tool_gets_one_corrective_observation():
+    llm = ScriptedLLM([f" Yes\nAction: Segment Anything\nAction Input: {P0}", " No\nAI: a cat"])
+    ans = agent(VisualChatGPT, llm).answer_batch([req()])[0]
+    step = ans.trace["transcript"][0]
+    assert "unknown tool 'Segment Anything'" in step["observation"] and "Detect Objects" in step["observation"]
+    assert ans.trace["parse_errors"] == 1 and ans.tool_calls == 0 and ans.text == "a cat"
+
+
+def test_mm_react_unroutable_request_and_missing_path():
+    llm = ScriptedLLM([f" Assistant, paint this blue {P0}", " Assistant, what objects are there?", " cat"])
+    ans = agent(MMReact, llm, implicit_image=False).answer_batch([req()])[0]
+    s = ans.trace["transcript"]
+    assert "cannot handle" in s[0]["observation"] and "image file name" in s[1]["observation"]
+    assert ans.trace["parse_errors"] == 2 and ans.tool_calls == 0 and ans.text == "cat"
+    # the model may not write the expert's (or the human's) turn itself
+    llm = ScriptedLLM([" Assistant: a cat", " a dog"])
+    ans = agent(MMReact, llm).answer_batch([req()])[0]
+    assert ans.trace["transcript"][0]["kind"] == "malformed" and ans.text == "a dog"
+    # by default a request without a file name is about the sample's image
+    llm = ScriptedLLM([" Assistant, what objects are there?", " cat"])
+    ans = agent(MMReact, llm).answer_batch([req()])[0]
+    assert ans.tool_calls == 1 and ans.trace["transcript"][0]["observation"].startswith("cat (0.91")
+
+
+@pytest.mark.parametrize(
+    "action_input, message",
+    [(f"{P0}, and a dog", "bad input for Detect Objects"), ("image/deadbeef.png", "no image named image/deadbeef.png"), ("cat.jpg", "bad input")],
+)
+def test_bad_arguments_become_observations(action_input: str, message: str):
+    llm = ScriptedLLM([f" Yes\nAction: Detect Objects\nAction Input: {action_input}", " No\nAI: cat"])
+    ans = agent(VisualChatGPT, llm).answer_batch([req()])[0]
+    assert message in ans.trace["transcript"][0]["observation"]
+    assert ans.trace["parse_errors"] == 1 and ans.error is None and ans.text == "cat"
+
+
+def test_tool_that_raises_is_an_observation_not_a_crash():
+    llm = ScriptedLLM([f" Yes\nAction: Read Text\nAction Input: {P0}", " No\nAI: a stop sign"])
+    ans = agent(VisualChatGPT, llm, ocr_raises=True).answer_batch([req()])[0]
+    obs = ans.trace["transcript"][0]["observation"]
+    assert obs == "Read Text failed: RuntimeError: ocr model exploded"
+    assert ans.error is None and ans.text == "a stop sign" and ans.tool_calls == 1
+
+
+def test_step_limit_forces_a_final_answer():
+    act = f" Yes\nAction: Classify Image\nAction Input: {P0}"
+    llm = ScriptedLLM([act, act, "tabby cat\nmore"])
+    ans = agent(VisualChatGPT, llm, max_steps=2).answer_batch([req()])[0]
+    assert ans.trace["budget_exhausted"] and ans.trace["answer_source"] == "forced_final"
+    assert ans.text == "tabby cat" and ans.tool_calls == 2
+    forced_prompt, forced_settings = llm.calls[-1][0][0], llm.calls[-1][1]
+    assert forced_prompt.endswith("Thought: Do I need to use a tool? No\nAI:")
+    assert forced_settings.max_new_tokens == 8 and forced_settings.stop == ("\n",)
+
+
+def test_token_budget_forces_a_final_answer():
+    act = f" Yes\nAction: Classify Image\nAction Input: {P0}"
+    llm = ScriptedLLM([act, "cat"])
+    ans = agent(VisualChatGPT, llm, step_tokens=10, token_budget=15).answer_batch([req()])[0]
+    assert len(llm.calls) == 2 and ans.trace["budget_exhausted"] and ans.text == "cat"
+
+
+def test_format_ignored_twice_takes_the_text_as_answer():
+    llm = ScriptedLLM([" The picture is of a cat.", " Yes. It is a tabby cat.\nmore"])
+    ans = agent(VisualChatGPT, llm).answer_batch([req()])[0]
+    s = ans.trace["transcript"]
+    assert s[0]["kind"] == "malformed" and "Invalid format" in s[0]["observation"]
+    assert ans.text == "It is a tabby cat." and ans.trace["answer_source"] == "free_text"
+    assert ans.trace["parse_errors"] == 2
+
+
+def test_answer_cut_at_newline_and_to_max_new_tokens():
+    llm = ScriptedLLM([" No\nAI: one two three four five six\nHuman: x"])
+    ans = agent(VisualChatGPT, llm).answer_batch([req(max_new_tokens=3)])[0]
+    assert ans.text == "one two three"
+
+
+def test_llm_text_is_never_executed(monkeypatch, tmp_path):
+    marker = tmp_path / "pwned"
+    payload = f"__import__('os').system('touch {marker}')"
+
+    def forbidden(*a, **k):  # noqa: ANN002, ANN003
+        raise AssertionError("eval/exec called")
+
+    monkeypatch.setattr(builtins, "eval", forbidden)
+    monkeypatch.setattr(builtins, "exec", forbidden)
+    llm = ScriptedLLM(
+        [
+            f" Yes\nAction: Detect Objects\nAction Input: {payload}",
+            f" Yes\nAction: {payload}\nAction Input: {P0}",
+            f" Yes\nAction: Check Image Shows\nAction Input: {P0}, {payload}",
+            "cat",
+        ]
+    )
+    ans = agent(VisualChatGPT, llm).answer_batch([req()])[0]
+    s = ans.trace["transcript"]
+    assert "bad input" in s[0]["observation"] and "unknown tool" in s[1]["observation"]
+    assert "__import__" in s[2]["observation"]  # a plain query string for the scorer
+    mm = ScriptedLLM([f" Assistant, does this image show {payload}? {P0}", "cat"])
+    agent(MMReact, mm).answer_batch([req()])
+    assert not marker.exists()
+
+
+def test_failed_samples_do_not_raise():
+    llm = ScriptedLLM(lambda p: " No\nAI: cat")
+    a = agent(VisualChatGPT, llm, max_prompt_tokens=500)
+    long_prompt = "word " * 600
+    out = a.answer_batch([req(0, image=None), req(1, prompt=long_prompt), req(2)])
+    assert out[0].error == "no image" and "prompt too long" in out[1].error
+    assert out[2].error is None and out[2].text == "cat"
+
+
+def test_shots_become_worked_tool_transcripts():
+    shots = (
+        Shot("d1", "shot1", img("blue"), "Question: what animal is this? Short answer:", "dog"),
+        Shot("d2", "shot2", None, "Question: what colour? Short answer:", "blue"),
+    )
+    for cls, expected in [
+        (VisualChatGPT, f"Action: Detect Objects\nAction Input: {image_path('shot1')}\nObservation: cat (0.91, centre); blue ball (0.55, left)\nThought: Do I need to use a tool? No\nAI: dog"),
+        (MMReact, f"AI: Assistant, what objects do you see in this image? {image_path('shot1')}\nAssistant: cat (0.91, centre); blue ball (0.55, left)\nAI: dog"),
+    ]:
+        llm = ScriptedLLM([" No\nAI: cat" if cls is VisualChatGPT else " cat"])
+        ans = agent(cls, llm).answer_batch([req(shots=shots)])[0]
+        prompt = llm.calls[0][0][0]
+        assert expected in prompt and "what colour? Short answer:" in prompt
+        assert ans.trace["shot_tool_calls"] == 1 and ans.tool_calls == 1 and ans.trace["tool_calls"] == 0
+
+
+def _by_prompt(prompt: str) -> str:
+    """A deterministic 'model': behaviour depends only on the prompt (its image and progress)."""
+    path = re.findall(r"provide a figure named (image/\w+\.png)", prompt)[-1]
+    n_obs = prompt.split("<assistant>")[-1].count("\nObservation:")
+    if path == image_path("img1") and n_obs < 2:
+        return f" Yes\nAction: Detect Objects\nAction Input: {path}" if n_obs == 0 else " no idea"
+    if path == image_path("img2") and n_obs < 3:
+        return f" Yes\nAction: Classify Image\nAction Input: {path}"
+    return f" No\nAI: final {path} after {n_obs}"
+
+
+def test_batched_stepping_equals_one_by_one():
+    reqs = [req(0), req(1, "blue"), req(2)]
+    batched_llm = ScriptedLLM(_by_prompt)
+    batched = agent(VisualChatGPT, batched_llm).answer_batch(reqs)
+    singles = [agent(VisualChatGPT, ScriptedLLM(_by_prompt)).answer_batch([r])[0] for r in reqs]
+    assert [a.text for a in batched] == [a.text for a in singles]
+    assert [a.trace["transcript"] for a in batched] == [a.trace["transcript"] for a in singles]
+    # samples at the same step share a call; img2 runs out of steps and gets a forced final
+    assert [len(p) for p, _ in batched_llm.calls] == [3, 2, 2, 1]
+    assert batched[2].trace["budget_exhausted"] and not batched[0].trace["budget_exhausted"]
+
+
+def test_batch_invariance_with_a_real_tiny_llm(tiny_llm):
+    reqs = [req(0), req(1, "blue", prompt="Write a short caption for this image.", kind="caption")]
+    bb = make_backbones(tiny_llm)
+    opts = ToolAgentOptions(step_tokens=8, max_steps=2)
+    for cls in (VisualChatGPT, MMReact):
+        batched = cls(bb, opts, GenerationSettings()).answer_batch(reqs)
+        singles = [cls(bb, opts, GenerationSettings()).answer_batch([r])[0] for r in reqs]
+        assert [a.trace["transcript"] for a in batched] == [a.trace["transcript"] for a in singles]
+        assert all(a.error is None for a in batched)
+
+
+# ------------------------------------------------------------------------------------ real run
+@pytest.mark.slow
+def test_smollm2_with_packaged_tools_on_real_photos(smollm2):
+    """MM-REACT format with the first turn primed: the packaged 135M model then asks a real tool.
+
+    (Unprimed and zero-shot it rarely calls tools; docs/paradigms/tool_agent.md gives the rates.)
+    """
+    skdata = pytest.importorskip("skimage.data")
+    from harness.models.tools import default_tools
+
+    try:
+        box = ToolBox(default_tools())
+        photos = {"chelsea": skdata.chelsea(), "coffee": skdata.coffee()}
+    except Exception as exc:  # pragma: no cover - depends on installed packages
+        pytest.skip(f"packaged tools or skimage photos unavailable: {exc}")
+    bb = SimpleNamespace(llm=smollm2, tools=box, scorer=FakeScorer())
+    reqs = [
+        req(i, image=Image.fromarray(a).convert("RGB"), image_id=name, prompt="Write a short caption for this image.", kind="caption")
+        for i, (name, a) in enumerate(photos.items())
+    ]
+    opts = ToolAgentOptions(tools=("Detect Objects", "Classify Image"), step_tokens=20, max_steps=2, force_first_tool=True)
+    answers = MMReact(bb, opts, GenerationSettings()).answer_batch(reqs)
+    for ans in answers:
+        assert ans.error is None, ans.error
+        assert ans.trace["transcript"] and ans.text.strip()
+        assert ans.llm_tokens_in > 0 and ans.llm_tokens_out > 0
+        json.dumps(ans.trace)
+    assert sum(a.trace["tool_calls"] for a in answers) >= 1
+    assert box.cache_stats().misses >= 1  # a real packaged tool ran
+
+
+def test_force_first_tool_primes_the_first_turn_only():
+    llm = ScriptedLLM([f" Detect Objects\nAction Input: {P0}", " No\nAI: cat"])
+    ans = agent(VisualChatGPT, llm, force_first_tool=True).answer_batch([req()])[0]
+    assert llm.calls[0][0][0].endswith("Thought: Do I need to use a tool? Yes\nAction:")
+    assert llm.calls[1][0][0].endswith("Thought: Do I need to use a tool?") and ans.tool_calls == 1
+    mm = ScriptedLLM([" what objects do you see?", " cat"])
+    ans = agent(MMReact, mm, force_first_tool=True).answer_batch([req()])[0]
+    assert mm.calls[0][0][0].endswith("AI: Assistant,") and ans.tool_calls == 1 and ans.text == "cat"
+
+
+def test_copied_template_placeholder_is_not_an_answer():
+    llm = ScriptedLLM([" No\nAI: [your response here]", " No\nAI: [your response here]", "cat"])
+    ans = agent(VisualChatGPT, llm, max_steps=2).answer_batch([req()])[0]
+    assert [s["kind"] for s in ans.trace["transcript"]] == ["malformed", "malformed", "forced_final"]
+    assert ans.text == "cat" and ans.trace["budget_exhausted"]
