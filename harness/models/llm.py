@@ -27,8 +27,7 @@ PACKAGED_LLMS: dict[str, tuple[str, str, str]] = {
 }
 
 
-class ModelUnavailable(RuntimeError):
-    """A configured model cannot be loaded here; the message says what to install or point at."""
+from harness.models.packaged import ModelUnavailable  # noqa: E402  (one exception type for every model)
 
 
 def default_cache_dir() -> Path:

@@ -7,6 +7,7 @@ system *where* they are (``find_spec``) and read the files ourselves.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 from pathlib import Path
@@ -74,3 +75,27 @@ def package_version(pip_name: str) -> str:
 def package_fingerprint(pip_name: str) -> str:
     """``name==version`` of an installed distribution — part of every cache key that uses it."""
     return f"{pip_name}=={package_version(pip_name)}"
+
+
+def import_fingerprint(import_name: str) -> str:
+    """``dist==version`` for the distribution providing ``import_name`` (e.g. cv2 → opencv-python-headless).
+
+    Several wheels provide the same module (opencv-python vs -headless), so the name is looked up
+    rather than assumed.
+    """
+    dists = sorted(importlib.metadata.packages_distributions().get(import_name, []))
+    if not dists:
+        raise ModelUnavailable(
+            f"module '{import_name}' is not installed; install it with: "
+            f"{install_hint(import_name.replace('_', '-'))}"
+        )
+    return ",".join(package_fingerprint(d) for d in dists)
+
+
+def file_digest(path: Path, length: int = 16) -> str:
+    """Leading hex digits of a file's sha256: identifies a user's local weights in cache keys."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]

