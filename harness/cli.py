@@ -82,6 +82,8 @@ def run(config_path, paradigm, task, limit, shots, trials, seed, batch_size, res
         if isinstance(exc, TrackingError):
             raise click.ClickException(str(exc)) from None
         raise
+    if not outcome.table:  # a worker rank of a multi-process run: rank 0 prints the results
+        return
     click.echo(outcome.table)
     click.echo(f"\nsamples computed: {outcome.computed}, read from cache: {outcome.cached}; "
                f"models loaded: {', '.join(outcome.loaded) or 'none'}", err=True)

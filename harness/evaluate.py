@@ -97,6 +97,21 @@ def _unit_tags(r: UnitResult) -> dict[str, str]:
     }
 
 
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size) under torchrun / accelerate launch; initialises the process group."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
 def run_evaluation(
     config: RunConfig,
     *,
@@ -107,15 +122,24 @@ def run_evaluation(
     plan: Plan | None = None,
 ) -> RunOutcome:
     plan = plan or plan_run(config, paradigm_filter, task_filter)
+    rank, world = distributed_context()
     results_dir = Path(config.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     config_hash = config.config_hash()
+    cache = ResultCache(results_dir / "cache.sqlite")
+    if rank != 0:
+        # Workers only compute their shard into the shared cache; rank 0 scores and logs.
+        runner = Runner(plan, cache=cache, progress=False, shard=(rank, world))
+        try:
+            runner.run()
+        finally:
+            cache.close()
+        return RunOutcome(config_hash, [], None, results_dir, "", loaded=tuple(runner.backbones.loaded()))
     tracker = Tracker(
         uri=tracking_uri or config.tracking.uri or default_tracking_uri(results_dir),
         experiment=config.tracking.experiment,
         artifact_root=results_dir / "mlartifacts",
     )
-    cache = ResultCache(results_dir / "cache.sqlite")
     results: list[UnitResult] = []
 
     def log_unit(r: UnitResult) -> None:
@@ -127,8 +151,9 @@ def run_evaluation(
         tracker.log_table(child, r.rows, "predictions.jsonl")
         tracker.end(child)
 
-    runner = Runner(plan, cache=cache, progress=progress, on_unit=log_unit)
+    runner = Runner(plan, cache=cache, progress=progress, on_unit=log_unit, shard=(rank, world))
     repro = reproducibility(config, runner)
+    repro["world_size"] = world
     parent = tracker.start_parent(
         f"{config.name}-{config_hash[:8]}",
         params={
@@ -138,6 +163,7 @@ def run_evaluation(
             "tasks": [t.spec.name for t in plan.tasks],
             "shots": list(config.in_context.shots),
             "git_commit": repro["git"]["commit"],
+            "world_size": world,
         },
         tags={"mmbench.kind": "run", "mmbench.config_hash": config_hash},
     )

@@ -400,14 +400,22 @@ class Runner:
                 a.latency_s = per
         return answers
 
-    def run_unit(self, unit: Unit) -> UnitResult:
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+    def run_unit(self, unit: Unit) -> UnitResult | None:
         prepared = self._prepare_unit(unit)
+        if self.shard[1] > 1:
+            self.barrier()  # all ranks see the same cache state, so "cached" means "before this run"
         found = self.cache.get_many([p.key for p in prepared])
         missing = [p for p in prepared if p.key not in found]
         rank, world = self.shard
         if world > 1:
             missing = [p for i, p in enumerate(missing) if int(p.key[:8], 16) % world == rank]
-        n_cached = len(prepared) - len([p for p in prepared if p.key not in found])
+        n_cached = len(prepared) - sum(1 for p in prepared if p.key not in found)
         bar = _progress(len(prepared), n_cached, unit.name, self.progress)
         computed = 0
         if missing:
@@ -431,7 +439,15 @@ class Runner:
                 bar.update(len(chunk))
         bar.close()
         if world > 1:
-            return UnitResult(unit, MetricResult(values={}), [], computed, n_cached)
+            # Every rank has written its shard; rank 0 reads the others' answers back and scores.
+            self.barrier()
+            if rank != 0:
+                return None
+            found = self.cache.get_many([p.key for p in prepared])
+            lost = [p.sample.sample_id for p in prepared if p.key not in found]
+            if lost:
+                raise RuntimeError(f"{len(lost)} answers missing after all ranks finished: {lost[:5]}")
+            computed = len(prepared) - n_cached  # by all ranks together
         answers = [Answer.from_dict(found[p.key]) for p in prepared]
         return self._finish_unit(unit, prepared, answers, computed, n_cached)
 
@@ -524,7 +540,9 @@ class Runner:
         try:
             for i, unit in enumerate(units, 1):
                 log.info("[%d/%d] %s", i, len(units), unit.name)
-                results.append(self.run_unit(unit))
+                r = self.run_unit(unit)
+                if r is not None:
+                    results.append(r)
         finally:
             self.close()
         return results

@@ -1,0 +1,51 @@
+"""torchrun over 2 CPU processes (gloo) gives exactly the single-process metrics, and a 2-process
+run's cache is reused by a 1-process run without recomputation (keys are rank-independent)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.test_resume import METRIC_COLS, _config, _env
+
+pytestmark = pytest.mark.slow
+
+
+def _metrics(results: Path) -> pd.DataFrame:
+    (csv,) = list((results / "runs").glob("*/results.csv"))
+    return pd.read_csv(csv)[METRIC_COLS].sort_values(METRIC_COLS[:5]).reset_index(drop=True)
+
+
+def test_torchrun_two_processes_equals_single_process_and_resumes_with_one(tmp_path, tiny_llm_dir):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    cfg = _config(tmp_path, tiny_llm_dir)
+    env = _env(tmp_path)
+    env["OMP_NUM_THREADS"] = "1"
+    args = ["run", "--config", str(cfg), "--no-progress"]
+
+    single = tmp_path / "single"
+    r1 = subprocess.run([sys.executable, "-m", "harness.cli", *args, "--results-dir", str(single)],
+                        env=env, capture_output=True, text=True, timeout=600)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+
+    multi = tmp_path / "multi"
+    r2 = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "harness.cli", *args, "--results-dir", str(multi)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    pd.testing.assert_frame_equal(_metrics(single), _metrics(multi))
+    assert "samples computed: 12, read from cache: 0" in r2.stderr
+
+    r3 = subprocess.run([sys.executable, "-m", "harness.cli", *args, "--results-dir", str(multi)],
+                        env=env, capture_output=True, text=True, timeout=600)
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    assert "samples computed: 0, read from cache: 12; models loaded: none" in r3.stderr
