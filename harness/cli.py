@@ -232,5 +232,13 @@ def compare(run_a: str, run_b: str, metric: str | None, results_dir: Path, track
                f"p = {res.p_value:.4f} (paired bootstrap, {res.n_boot} resamples)")
 
 
+def _register_report() -> None:
+    from harness.leaderboard.cli import report_cmd
+
+    main.add_command(report_cmd)
+
+
+_register_report()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -10,7 +10,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from harness.runner import UnitResult
 
 #: Metrics pycocoevalcap reports on a 0–1 scale; papers (and our tables) print them ×100.
-SCALE_100 = {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE", "accuracy", "exact_match"}
+SCALE_100 = {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE"}
 
 
 def display_scale(metric: str) -> float:

@@ -1,0 +1,68 @@
+"""`mmbench ui`: a real MLflow server on loopback serves the runs of a real store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from tests.test_report import report_store  # noqa: F401  (session fixture, built once)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _call(base: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_ui_serves_runs_lined_up_for_compare(report_store):  # noqa: F811
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-c", "from harness.cli import main; main()", "ui",
+           "--results-dir", str(report_store["results"]), "--port", str(port)]
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        exps: dict[str, Any] = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else "server exited"
+            try:
+                exps = _call(base, "/api/2.0/mlflow/experiments/search", {"max_results": 100})
+                break
+            except OSError:
+                time.sleep(1)
+        ids = [e["experiment_id"] for e in exps.get("experiments", []) if e["name"] == "mmbench"]
+        assert ids, f"no mmbench experiment served: {exps}"
+        runs = _call(base, "/api/2.0/mlflow/runs/search", {"experiment_ids": ids, "max_results": 1000})["runs"]
+        nested = [r for r in runs if any(t["key"] == "mlflow.parentRunId" for t in r["data"].get("tags", []))]
+        assert len(nested) == 16  # two parent runs × 8 units
+        # the compare view lines paradigms up by the same params/tags on every nested run
+        keys = {frozenset(p["key"] for p in r["data"]["params"]) for r in nested}
+        assert len(keys) == 1 and {"paradigm", "task", "shots", "trial", "dataset_split"} <= next(iter(keys))
+        for r in nested:
+            tags = {t["key"] for t in r["data"]["tags"]}
+            assert {"mmbench.paradigm", "mmbench.task", "mmbench.shots", "mmbench.primary_metric"} <= tags
+        paradigms = {p["value"] for r in nested for p in r["data"]["params"] if p["key"] == "paradigm"}
+        assert paradigms == {"text_conversion/pica", "text_conversion/promptcap"}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
