@@ -88,6 +88,14 @@ class TaskRef(Strict):
     name: str
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     limit: int | None = Field(None, ge=1)
+    shots: tuple[int, ...] | None = None  # overrides in_context.shots for this task
+
+    @field_validator("shots")
+    @classmethod
+    def _nonneg(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and any(s < 0 for s in v):
+            raise ValueError("shot counts must be >= 0")
+        return tuple(sorted(set(v))) if v is not None else None
 
 
 class InContextConfig(Strict):

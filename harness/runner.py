@@ -39,6 +39,7 @@ class PlannedTask:
     support: Dataset | None
     fingerprint: str
     options: dict[str, Any] = field(default_factory=dict)  # resolved dataset options (paths absolute)
+    shots: tuple[int, ...] | None = None  # per-task override of in_context.shots
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def shot_counts(task: PlannedTask, config: RunConfig) -> list[int]:
         return [0]
     if task.support is None:
         return [0]
-    return list(config.in_context.shots)
+    return list(task.shots if task.shots is not None else config.in_context.shots)
 
 
 def select_paradigms(config: RunConfig, wanted: Sequence[str] | None) -> list[ParadigmSpec]:
@@ -159,7 +160,7 @@ def plan_run(
     for i, ref in enumerate(refs):
         if ref.name not in known:
             raise ConfigError(f"config key 'tasks[{i}].name': unknown task {ref.name!r}; choices: {', '.join(known)}")
-        tasks.append(_plan_task(known[ref.name], ref.dataset_options, ref.limit or config.limit, config))
+        tasks.append(_plan_task(known[ref.name], ref.dataset_options, ref.limit or config.limit, config, ref.shots))
     if not planned:
         raise ConfigError("no paradigm selected")
     if not tasks:
@@ -178,7 +179,9 @@ def _resolve_paths(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _plan_task(spec: TaskSpec, overrides: dict[str, Any], limit: int | None, config: RunConfig) -> PlannedTask:
+def _plan_task(
+    spec: TaskSpec, overrides: dict[str, Any], limit: int | None, config: RunConfig, shots: tuple[int, ...] | None = None
+) -> PlannedTask:
     from tasks.datasets import load_dataset
 
     options = _resolve_paths({**spec.dataset_options, **overrides})
@@ -195,7 +198,7 @@ def _plan_task(spec: TaskSpec, overrides: dict[str, Any], limit: int | None, con
         raise ConfigError(f"task {spec.name!r}: duplicate sample ids in the dataset: {dup}")
     if limit:
         ds = Dataset(ds.name, ds.split, ds.source, ds.samples[:limit], ds.license)
-    max_k = max(config.in_context.shots)
+    max_k = max(shots if shots is not None else config.in_context.shots, default=0)
     if spec.kind != "binding" and max_k > 0 and support is not None and max_k > len(support):
         raise ConfigError(
             f"in_context.shots asks for {max_k} demonstrations but task {spec.name!r} has only "
@@ -210,7 +213,7 @@ def _plan_task(spec: TaskSpec, overrides: dict[str, Any], limit: int | None, con
             "support": support.source if support else None,
         }
     )
-    return PlannedTask(spec, ds, support, fp, options)
+    return PlannedTask(spec, ds, support, fp, options, shots)
 
 
 # ---------------------------------------------------------------------- execution
