@@ -1,0 +1,119 @@
+"""``trained_adapter/blip2_pretrained``: a user's own BLIP-2 checkpoint (hub id or local folder).
+
+Nothing ships offline, so this variant is for users who have the weights; it loads them lazily in
+``prepare()`` through transformers' ``Blip2ForConditionalGeneration`` and fails with a clear
+message when they cannot be found. BLIP-2 brings its own frozen LLM and image encoder, so it uses
+none of the run's shared backbones; it takes one image per prompt, so demonstrations are not shown
+to it (recorded in the trace) — BLIP-2 reports no in-context gains.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from harness.interface import Answer, Paradigm, Request, Timer
+from harness.models.llm import ModelUnavailable, cut_at_stop, resolve_device
+from harness.registry import register_paradigm
+
+
+class Blip2PretrainedOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = "Salesforce/blip2-opt-2.7b"
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    #: BLIP-2's captioning prompt ("a photo of" in the paper); VQA uses the task's prompt.
+    caption_prompt: str = "a photo of"
+    batch_size: int = 8
+
+
+@register_paradigm
+class Blip2Pretrained(Paradigm):
+    family: ClassVar[str] = "trained_adapter"
+    variant: ClassVar[str] = "blip2_pretrained"
+    description: ClassVar[str] = "a pretrained BLIP-2 (Q-Former + frozen LLM) loaded with transformers"
+    Options: ClassVar[type] = Blip2PretrainedOptions
+    uses: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, backbones: Any, options: Any, generation: Any) -> None:
+        super().__init__(backbones, options, generation)
+        self.model: Any = None
+        self.processor: Any = None
+
+    def prepare(self) -> None:
+        if self.model is not None:
+            return
+        from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+        o = self.options
+        device = resolve_device(o.device)
+        dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32, "float32": torch.float32,
+                 "bfloat16": torch.bfloat16, "float16": torch.float16}[o.dtype]
+        kwargs = {"revision": o.revision} if o.revision else {}
+        try:
+            self.processor = Blip2Processor.from_pretrained(o.model, **kwargs)
+            model = Blip2ForConditionalGeneration.from_pretrained(o.model, dtype=dtype, **kwargs)
+        except OSError as exc:
+            raise ModelUnavailable(
+                f"cannot load BLIP-2 {o.model!r}: {exc}. Give a local folder with a saved "
+                "Blip2ForConditionalGeneration + Blip2Processor, or a hub id on a machine with hub access."
+            ) from exc
+        self.processor.tokenizer.padding_side = "left"
+        self.model = model.to(device).eval()
+
+    @property
+    def trainable_params(self) -> int:
+        """BLIP-2's trained part: the Q-Former, its queries and the language projection."""
+        m = self.model
+        parts = [m.qformer, m.language_projection]
+        return sum(p.numel() for part in parts for p in part.parameters()) + m.query_tokens.numel()
+
+    def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
+        self.prepare()
+        out: list[Answer | None] = [None] * len(requests)
+        ok = []
+        for i, r in enumerate(requests):
+            if r.image is None:
+                out[i] = Answer.failed("ValueError: sample has no image")
+            else:
+                ok.append(i)
+        for start in range(0, len(ok), self.options.batch_size):
+            idx = ok[start : start + self.options.batch_size]
+            try:
+                self._chunk(requests, idx, out)
+            except Exception as exc:  # one failing batch must not stop the run
+                for i in idx:
+                    out[i] = Answer.failed(f"{type(exc).__name__}: {exc}")
+        return [a if a is not None else Answer.failed("not answered") for a in out]
+
+    @torch.inference_mode()
+    def _chunk(self, requests: Sequence[Request], idx: list[int], out: list) -> None:
+        prompts = [self.options.caption_prompt if requests[i].kind == "caption" else requests[i].prompt for i in idx]
+        with Timer() as t:
+            enc = self.processor(
+                images=[requests[i].image for i in idx], text=prompts, return_tensors="pt", padding=True
+            ).to(self.model.device)
+            if "pixel_values" in enc:
+                enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
+            seqs = self.model.generate(
+                **enc, max_new_tokens=max(requests[i].max_new_tokens for i in idx), do_sample=False
+            )
+        n_in = enc["input_ids"].shape[1]
+        if seqs.shape[1] >= n_in and torch.equal(seqs[:, :n_in], enc["input_ids"]):
+            seqs = seqs[:, n_in:]  # decoder-only LLMs return the prompt too
+        tok = self.processor.tokenizer
+        for b, i in enumerate(idx):
+            ids = seqs[b].tolist()[: requests[i].max_new_tokens]
+            text, _ = cut_at_stop(tok.decode(ids, skip_special_tokens=True), self.generation.stop)
+            out[i] = Answer(
+                text=text.strip(),
+                latency_s=t.elapsed / len(idx),
+                llm_tokens_in=int(enc["attention_mask"][b].sum()),
+                llm_tokens_out=len(ids),
+                trainable_params=self.trainable_params,
+                trace={"prompt": prompts[b], "model": self.options.model, "shots_ignored": len(requests[i].shots)},
+            )

@@ -1,0 +1,287 @@
+"""Connectors: the only trained part between a frozen vision encoder and a frozen LLM.
+
+Each connector turns the encoder's last feature map ``[N, C, H, W]`` into what the LLM reads:
+
+- *prefix* connectors (Frozen, BLIP-2's Q-Former, PaLM-E) return ``[N, T, d_model]`` embeddings
+  that are spliced into the text's input embeddings where the image stands;
+- the *cross-attention* connector (Flamingo) returns resampled latents that gated cross-attention
+  blocks, run before chosen LLM layers, let the following text tokens attend to.
+
+Output projections into the LLM are initialised at the scale of the LLM's own token embeddings so
+the untrained prefix neither dominates nor vanishes; Flamingo's gates start at 0 (tanh(0) = 0), so
+its untrained model *is* the frozen LLM.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+
+class ConnectorOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FrozenOptions(ConnectorOptions):
+    """Frozen (Tsimpoukelli et al. 2021): pooled visual features -> ``n_prefix`` embeddings."""
+
+    kind: Literal["frozen"] = "frozen"
+    n_prefix: int = Field(2, ge=1, le=64)
+
+
+class FlamingoOptions(ConnectorOptions):
+    """Flamingo (Alayrac et al. 2022): Perceiver Resampler + tanh-gated cross-attention blocks."""
+
+    kind: Literal["flamingo"] = "flamingo"
+    n_latents: int = Field(16, ge=1, le=256)
+    resampler_dim: int = Field(256, ge=16)
+    resampler_depth: int = Field(1, ge=1, le=12)
+    heads: int = Field(4, ge=1)
+    #: A gated cross-attention block is run before every ``xattn_every``-th LLM layer (0, N, 2N…).
+    xattn_every: int = Field(15, ge=1)
+    ff_mult: int = Field(2, ge=1, le=8)
+
+
+class Blip2Options(ConnectorOptions):
+    """BLIP-2-style Q-Former-lite: learned queries cross-attend to the features, then a projection."""
+
+    kind: Literal["blip2"] = "blip2"
+    n_queries: int = Field(8, ge=1, le=64)
+    qformer_dim: int = Field(256, ge=16)
+    depth: int = Field(2, ge=1, le=12)
+    heads: int = Field(4, ge=1)
+
+
+class PalmeOptions(ConnectorOptions):
+    """PaLM-E-style: each (pooled) spatial feature vector -> one embedding via an affine map / MLP."""
+
+    kind: Literal["palme"] = "palme"
+    grid: int = Field(3, ge=1, le=16)  # features are average-pooled to grid×grid tokens
+    hidden: int = Field(0, ge=0)  # 0: a single affine map; >0: a 2-layer MLP
+
+
+AnyConnectorOptions = FrozenOptions | FlamingoOptions | Blip2Options | PalmeOptions
+
+
+def _init_to_scale(linear: nn.Linear, target_std: float) -> None:
+    """Make the output of ``linear`` on unit-variance input have ``target_std`` per coordinate."""
+    nn.init.normal_(linear.weight, std=target_std / math.sqrt(linear.in_features))
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+class PrefixConnector(nn.Module):
+    """Base of connectors whose output is spliced into the input embeddings."""
+
+    mode: str = "prefix"
+
+    def tokens_per_image(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class FrozenPrefix(PrefixConnector):
+    """Frozen's visual prefix: one linear map from the pooled feature to ``n`` LLM embeddings.
+
+    Frozen trained the vision encoder itself; here the encoder stays frozen (offline CPU budget)
+    and the map sees layer-normalised pooled features.
+    """
+
+    def __init__(self, opts: FrozenOptions, feature_dim: int, d_model: int, emb_std: float) -> None:
+        super().__init__()
+        self.n = opts.n_prefix
+        self.d_model = d_model
+        self.norm = nn.LayerNorm(feature_dim, elementwise_affine=False)
+        self.proj = nn.Linear(feature_dim, self.n * d_model)
+        _init_to_scale(self.proj, emb_std)
+
+    def tokens_per_image(self) -> int:
+        return self.n
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        pooled = feats.float().mean(dim=(2, 3))
+        return self.proj(self.norm(pooled)).view(-1, self.n, self.d_model)
+
+
+class PalmePrefix(PrefixConnector):
+    """PaLM-E's "multimodal sentence" tokens: each spatial feature mapped into the word-embedding space."""
+
+    def __init__(self, opts: PalmeOptions, feature_dim: int, d_model: int, emb_std: float) -> None:
+        super().__init__()
+        self.grid = opts.grid
+        self.norm = nn.LayerNorm(feature_dim, elementwise_affine=False)
+        if opts.hidden:
+            first = nn.Linear(feature_dim, opts.hidden)
+            last = nn.Linear(opts.hidden, d_model)
+            _init_to_scale(last, emb_std)
+            self.mlp: nn.Module = nn.Sequential(first, nn.GELU(), nn.LayerNorm(opts.hidden), last)
+        else:
+            last = nn.Linear(feature_dim, d_model)
+            _init_to_scale(last, emb_std)
+            self.mlp = last
+
+    def tokens_per_image(self) -> int:
+        return self.grid * self.grid
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(feats.float(), self.grid).flatten(2).transpose(1, 2)
+        return self.mlp(self.norm(x))
+
+
+class QFormerLite(PrefixConnector):
+    """BLIP-2's Q-Former reduced to its core: learned queries that self-attend and cross-attend to
+    the image features (no BERT initialisation, no text branch), projected into the LLM."""
+
+    def __init__(self, opts: Blip2Options, feature_dim: int, d_model: int, emb_std: float) -> None:
+        super().__init__()
+        d = opts.qformer_dim
+        self.queries = nn.Parameter(torch.randn(opts.n_queries, d) * 0.02)
+        self.inp = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, d))
+        self.layers = nn.ModuleList(
+            nn.TransformerDecoderLayer(
+                d, opts.heads, dim_feedforward=4 * d, dropout=0.0, batch_first=True, norm_first=True
+            )
+            for _ in range(opts.depth)
+        )
+        self.out_norm = nn.LayerNorm(d)
+        self.proj = nn.Linear(d, d_model)
+        _init_to_scale(self.proj, emb_std)
+
+    def tokens_per_image(self) -> int:
+        return self.queries.shape[0]
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        mem = self.inp(feats.float().flatten(2).transpose(1, 2))
+        q = self.queries.unsqueeze(0).expand(mem.shape[0], -1, -1)
+        for layer in self.layers:
+            q = layer(q, mem)
+        return self.proj(self.out_norm(q))
+
+
+# ----------------------------------------------------------------------------- Flamingo
+
+
+class _FeedForward(nn.Sequential):
+    def __init__(self, d: int, mult: int) -> None:
+        super().__init__(nn.LayerNorm(d), nn.Linear(d, d * mult, bias=False), nn.GELU(), nn.Linear(d * mult, d, bias=False))
+
+
+class _PerceiverLayer(nn.Module):
+    """Latents attend to [features ; latents] (keys/values), as in Flamingo's resampler."""
+
+    def __init__(self, d: int, heads: int, ff_mult: int) -> None:
+        super().__init__()
+        self.norm_x = nn.LayerNorm(d)
+        self.norm_l = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True, bias=False)
+        self.ff = _FeedForward(d, ff_mult)
+
+    def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        lat = self.norm_l(latents)
+        kv = torch.cat([self.norm_x(x), lat], dim=1)
+        latents = latents + self.attn(lat, kv, kv, need_weights=False)[0]
+        return latents + self.ff(latents)
+
+
+class PerceiverResampler(nn.Module):
+    """Any number of spatial features -> a fixed number of latents (no time embedding: one frame)."""
+
+    def __init__(self, feature_dim: int, d: int, n_latents: int, depth: int, heads: int, ff_mult: int) -> None:
+        super().__init__()
+        self.inp = nn.Linear(feature_dim, d)
+        self.latents = nn.Parameter(torch.randn(n_latents, d) * 0.02)
+        self.layers = nn.ModuleList(_PerceiverLayer(d, heads, ff_mult) for _ in range(depth))
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = self.inp(feats.float().flatten(2).transpose(1, 2))
+        lat = self.latents.unsqueeze(0).expand(x.shape[0], -1, -1)
+        for layer in self.layers:
+            lat = layer(x, lat)
+        return self.norm(lat)
+
+
+class GatedCrossAttentionBlock(nn.Module):
+    """Flamingo's GATED XATTN-DENSE: x += tanh(a)·xattn(x, media); x += tanh(b)·ffw(x); a = b = 0 at init.
+
+    Each text position attends only to the latents of the most recent image at or before it
+    (``media_idx`` ≥ 0); positions with no preceding image receive exactly nothing.
+    """
+
+    def __init__(self, d_model: int, d_media: int, heads: int, ff_mult: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = max(1, d_model // heads)
+        inner = self.heads * self.head_dim
+        self.norm = nn.LayerNorm(d_model)
+        self.to_q = nn.Linear(d_model, inner, bias=False)
+        self.to_kv = nn.Linear(d_media, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, d_model, bias=False)
+        self.ff = _FeedForward(d_model, ff_mult)
+        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.ff_gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, media: torch.Tensor, media_idx: torch.Tensor) -> torch.Tensor:
+        """``x`` [B,T,d]; ``media`` [B,M,L,d_media] (M images per row); ``media_idx`` [B,T] (−1: none)."""
+        B, T, _ = x.shape
+        _, M, L, _ = media.shape
+        h, dh = self.heads, self.head_dim
+        q = self.to_q(self.norm(x)).view(B, T, h, dh).transpose(1, 2)  # B h T dh
+        k, v = self.to_kv(media.reshape(B, M * L, -1)).chunk(2, dim=-1)
+        k = k.view(B, M * L, h, dh).transpose(1, 2)
+        v = v.view(B, M * L, h, dh).transpose(1, 2)
+        key_media = torch.arange(M, device=x.device).repeat_interleave(L)  # [M*L]
+        allowed = media_idx.unsqueeze(-1) == key_media.view(1, 1, -1)  # B T M*L
+        has_media = (media_idx >= 0).unsqueeze(-1).to(x.dtype)  # B T 1
+        # Rows with no media get an all-True mask (finite softmax) and are zeroed by has_media below.
+        safe = allowed | ~(media_idx >= 0).unsqueeze(-1)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=safe.unsqueeze(1))
+        attn = self.to_out(attn.transpose(1, 2).reshape(B, T, h * dh)) * has_media
+        x = x + torch.tanh(self.attn_gate).to(x.dtype) * attn
+        return x + torch.tanh(self.ff_gate).to(x.dtype) * (self.ff(x) * has_media)
+
+
+class FlamingoConnector(nn.Module):
+    """Resampler + gated cross-attention blocks + the learned ``<image>`` token embedding."""
+
+    mode: str = "xattn"
+
+    def __init__(self, opts: FlamingoOptions, feature_dim: int, d_model: int, n_layers: int, emb_std: float) -> None:
+        super().__init__()
+        self.resampler = PerceiverResampler(
+            feature_dim, opts.resampler_dim, opts.n_latents, opts.resampler_depth, opts.heads, opts.ff_mult
+        )
+        self.layer_ids = tuple(range(0, n_layers, opts.xattn_every))
+        self.blocks = nn.ModuleList(
+            GatedCrossAttentionBlock(d_model, opts.resampler_dim, opts.heads, opts.ff_mult) for _ in self.layer_ids
+        )
+        # Flamingo adds a trainable <image> token to the frozen vocabulary; it marks where an image is.
+        self.image_token = nn.Parameter(torch.randn(1, d_model) * emb_std)
+
+    def tokens_per_image(self) -> int:
+        return 1
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.resampler(feats)
+
+
+def build_connector(opts: AnyConnectorOptions, feature_dim: int, llm_config: object, emb_std: float) -> nn.Module:
+    """The connector for ``opts`` sized to the LLM (hidden size, layer count)."""
+    d_model = int(getattr(llm_config, "hidden_size"))
+    if isinstance(opts, FrozenOptions):
+        return FrozenPrefix(opts, feature_dim, d_model, emb_std)
+    if isinstance(opts, FlamingoOptions):
+        return FlamingoConnector(opts, feature_dim, d_model, int(getattr(llm_config, "num_hidden_layers")), emb_std)
+    if isinstance(opts, Blip2Options):
+        return QFormerLite(opts, feature_dim, d_model, emb_std)
+    if isinstance(opts, PalmeOptions):
+        return PalmePrefix(opts, feature_dim, d_model, emb_std)
+    raise TypeError(f"unknown connector options {type(opts).__name__}")
+
+
+def count_trainable(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,294 @@
+"""The trained-adapter paradigm: a frozen LLM reads images through a connector trained on captions.
+
+``prepare()`` trains the connector when no finished checkpoint exists for this exact setup (the
+key covers connector and training options, the training data's content, the LLM's and encoder's
+fingerprints), resuming an interrupted training, then loads it. Answering builds one interleaved
+sequence per sample — demonstrations (image, prompt, answer)… then the query (image, prompt) — and
+decodes greedily; multiple-choice samples are answered by the highest log-probability choice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.config import stable_hash
+from harness.interface import Answer, Paradigm, Request, Timer
+from harness.registry import register_paradigm
+from harness.training import FINAL_FILE, TrainOptions, TrainResult, load_result, load_weights, train
+from paradigms.trained_adapter.connectors import (
+    Blip2Options,
+    FlamingoOptions,
+    FrozenOptions,
+    PalmeOptions,
+    build_connector,
+)
+from paradigms.trained_adapter.data import CaptionPair, TrainData, data_identity, encode_images, load_caption_pairs
+from paradigms.trained_adapter.multimodal import Image as Img
+from paradigms.trained_adapter.multimodal import MultimodalLM, Piece, Target
+
+#: Bump when the checkpoint layout or training objective changes (invalidates stored adapters).
+ADAPTER_FORMAT = 1
+
+
+class AdapterOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: TrainOptions = TrainOptions()
+    data: TrainData = TrainData()
+    #: Text between the image and its caption, in training and when captioning.
+    caption_prompt: str = "Caption:"
+    #: Image–caption pairs per training sequence (>1 trains on interleaved sequences).
+    pairs_per_sequence: int = Field(1, ge=1, le=8)
+    decode_batch_size: int = Field(8, ge=1)
+
+
+def caption_rows(pairs: Sequence[CaptionPair], idx: int, k: int, prompt: str) -> tuple[list[Piece], list[str]]:
+    """The training sequence for example ``idx``: k (image, prompt, caption) blocks."""
+    n = len(pairs)
+    chosen = [idx] + [(idx * 7919 + j * 104729) % n for j in range(1, k)]
+    row: list[Piece] = []
+    ids: list[str] = []
+    for j, c in enumerate(chosen):
+        row += [Img(j), prompt, Target(" " + pairs[c].caption.strip() + "\n")]
+        ids.append(pairs[c].image_id)
+    return row, ids
+
+
+class AdapterParadigm(Paradigm):
+    """Shared implementation of the connector variants (subclasses fix the connector options)."""
+
+    family: ClassVar[str] = "trained_adapter"
+    uses: ClassVar[tuple[str, ...]] = ("llm", "vision_encoder")
+    Options: ClassVar[type] = AdapterOptions
+
+    def __init__(self, backbones: Any, options: Any, generation: Any) -> None:
+        super().__init__(backbones, options, generation)
+        self.mm: MultimodalLM | None = None
+        self.train_result: TrainResult | None = None
+        self.checkpoint_dir: Path | None = None
+        self._features: dict[str, torch.Tensor] = {}
+
+    # ----------------------------------------------------------------- training
+    def checkpoint_key(self, pairs: Sequence[CaptionPair]) -> str:
+        o = self.options
+        return stable_hash(
+            {
+                "format": ADAPTER_FORMAT,
+                "paradigm": self.name,
+                "connector": o.connector.model_dump(mode="json"),
+                "train": o.train.model_dump(mode="json"),
+                "caption_prompt": o.caption_prompt,
+                "pairs_per_sequence": o.pairs_per_sequence,
+                "data": data_identity(pairs),
+                "llm": self.backbones.llm.fingerprint,
+                "encoder": self.backbones.vision_encoder.fingerprint(),
+            }
+        )
+
+    def new_connector(self) -> torch.nn.Module:
+        """The untrained connector, initialised from the training seed (same seed → same weights)."""
+        llm = self.backbones.llm
+        emb = llm.model.get_input_embeddings().weight
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.options.train.seed)
+            conn = build_connector(
+                self.options.connector, self.backbones.vision_encoder.feature_dim, llm.model.config, float(emb.std())
+            )
+        return conn.to(llm.device)
+
+    def prepare(self) -> None:
+        if self.mm is None:
+            self.prepare_with(load_caption_pairs(self.options.data))
+
+    def prepare_with(self, pairs: Sequence[CaptionPair], *, on_step: Any = None, progress: bool = True) -> TrainResult:
+        """Train on ``pairs`` (or load the finished checkpoint for them), then get ready to answer."""
+        llm, enc = self.backbones.llm, self.backbones.vision_encoder
+        key = self.checkpoint_key(pairs)
+        ckpt = Path(self.backbones.cache_dir) / "adapters" / key
+        self.checkpoint_dir = ckpt
+        connector = self.new_connector()
+        mm = MultimodalLM(llm, connector)
+        result = load_result(ckpt)
+        if result is None:
+            images = {p.image_id: p.load_image for p in pairs}
+            feats = encode_images(enc, images, cache_file=ckpt / "features.safetensors")
+            k, prompt = self.options.pairs_per_sequence, self.options.caption_prompt
+
+            def loss_fn(idx: Sequence[int]) -> torch.Tensor:
+                rows, fts = [], []
+                for i in idx:
+                    row, ids = caption_rows(pairs, i, k, prompt)
+                    rows.append(row)
+                    fts.append(torch.stack([feats[j] for j in ids]))
+                return mm.loss(mm.build(rows, fts))
+
+            result = train(
+                connector,
+                loss_fn,
+                len(pairs),
+                self.options.train,
+                ckpt,
+                frozen=[llm.model, enc.model],
+                device=llm.device,
+                progress=progress,
+                on_step=on_step,
+            )
+        else:
+            load_weights(connector, ckpt / FINAL_FILE)
+        connector.eval().requires_grad_(False)
+        self.mm = mm
+        self.train_result = result
+        return result
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.mm.connector.parameters()) if self.mm else 0
+
+    # ---------------------------------------------------------------- answering
+    def _feature(self, image_id: str, image: Any) -> torch.Tensor:
+        if image_id not in self._features:
+            self._features[image_id] = encode_images(self.backbones.vision_encoder, {image_id: lambda: image})[image_id]
+        return self._features[image_id]
+
+    def _text_prompt(self, kind: str, prompt: str) -> str:
+        return self.options.caption_prompt if kind == "caption" else prompt
+
+    def _row(self, r: Request) -> tuple[list[Piece], torch.Tensor, str]:
+        row: list[Piece] = []
+        feats = []
+        shown = []
+        for j, s in enumerate(r.shots):
+            if s.image is None:
+                raise ValueError(f"demonstration {s.sample_id} has no image")
+            p = self._text_prompt(r.kind, s.prompt)
+            row += [Img(j), p, " " + s.answer.strip() + "\n"]
+            feats.append(self._feature(s.image_id, s.image))
+            shown.append(f"<image>{p} {s.answer.strip()}\n")
+        if r.image is None:
+            raise ValueError("sample has no image")
+        p = self._text_prompt(r.kind, r.prompt)
+        row += [Img(len(r.shots)), p]
+        feats.append(self._feature(r.image_id, r.image))
+        shown.append(f"<image>{p}")
+        return row, torch.stack(feats), "".join(shown)
+
+    def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
+        self.prepare()
+        assert self.mm is not None
+        out: list[Answer | None] = [None] * len(requests)
+        ready: list[tuple[int, list[Piece], torch.Tensor, str]] = []
+        for i, r in enumerate(requests):
+            try:
+                row, feats, shown = self._row(r)
+            except Exception as exc:  # one bad sample must not stop the batch
+                out[i] = Answer.failed(f"{type(exc).__name__}: {exc}")
+                continue
+            ready.append((i, row, feats, shown))
+        bs = self.options.decode_batch_size
+        for start in range(0, len(ready), bs):
+            chunk = ready[start : start + bs]
+            try:
+                self._answer_chunk(requests, chunk, out)
+            except Exception as exc:
+                for i, *_ in chunk:
+                    out[i] = Answer.failed(f"{type(exc).__name__}: {exc}")
+        return [a if a is not None else Answer.failed("not answered") for a in out]
+
+    def _answer_chunk(self, requests: Sequence[Request], chunk: list, out: list) -> None:
+        mm = self.mm
+        assert mm is not None
+        gen_items = [c for c in chunk if requests[c[0]].kind != "multiple_choice"]
+        mc_items = [c for c in chunk if requests[c[0]].kind == "multiple_choice"]
+        if gen_items:
+            with Timer() as t:
+                batch = mm.build([c[1] for c in gen_items], [c[2] for c in gen_items])
+                too_long = [b for b in range(len(gen_items)) if int(batch.mask[b].sum()) + requests[gen_items[b][0]].max_new_tokens > mm.max_positions()]
+                if too_long:
+                    raise ValueError(f"sequence longer than the LLM's {mm.max_positions()} positions")
+                res = mm.greedy(batch, [requests[c[0]].max_new_tokens for c in gen_items], self.generation.stop)
+            for b, ((i, _, _, shown), (text, n_out, finished)) in enumerate(zip(gen_items, res)):
+                out[i] = Answer(
+                    text=text.strip(),
+                    latency_s=t.elapsed / len(gen_items),
+                    llm_tokens_in=batch.n_text[b] + batch.n_visual[b],
+                    llm_tokens_out=n_out,
+                    trainable_params=self.trainable_params,
+                    trace=self._trace(shown, batch.n_visual[b], finished=finished, raw=text),
+                )
+        for i, row, feats, shown in mc_items:
+            r = requests[i]
+            with Timer() as t:
+                if not r.choices:
+                    out[i] = Answer.failed("multiple-choice sample without choices")
+                    continue
+                rows = [row + [Target(" " + c)] for c in r.choices]
+                batch = mm.build(rows, [feats] * len(rows))
+                with torch.inference_mode():
+                    lp, _ = mm.target_logprobs(batch)
+                best = int(lp.argmax())
+            out[i] = Answer(
+                text=r.choices[best],
+                latency_s=t.elapsed,
+                llm_tokens_in=int(batch.mask.sum()),
+                llm_tokens_out=0,
+                trainable_params=self.trainable_params,
+                trace=self._trace(shown, batch.n_visual[0], choice_logprobs=[float(x) for x in lp]),
+            )
+
+    def _trace(self, shown: str, n_visual: int, **extra: Any) -> dict[str, Any]:
+        return {
+            "prompt": shown,
+            "visual_positions": n_visual,
+            "connector": self.options.connector.model_dump(mode="json"),
+            "adapter_checkpoint": self.checkpoint_dir.name if self.checkpoint_dir else None,
+            "final_train_loss": self.train_result.loss_curve[-1][1] if self.train_result else None,
+            **extra,
+        }
+
+
+class FrozenAdapterOptions(AdapterOptions):
+    connector: FrozenOptions = FrozenOptions()
+
+
+class FlamingoAdapterOptions(AdapterOptions):
+    connector: FlamingoOptions = FlamingoOptions()
+
+
+class Blip2AdapterOptions(AdapterOptions):
+    connector: Blip2Options = Blip2Options()
+
+
+class PalmeAdapterOptions(AdapterOptions):
+    connector: PalmeOptions = PalmeOptions()
+
+
+@register_paradigm
+class FrozenAdapter(AdapterParadigm):
+    variant: ClassVar[str] = "frozen"
+    description: ClassVar[str] = "Frozen: pooled image features -> 2 prefix embeddings of a frozen LLM (trained on captions)"
+    Options: ClassVar[type] = FrozenAdapterOptions
+
+
+@register_paradigm
+class FlamingoAdapter(AdapterParadigm):
+    variant: ClassVar[str] = "flamingo"
+    description: ClassVar[str] = "Flamingo: Perceiver Resampler + tanh-gated cross-attention before frozen LLM layers"
+    Options: ClassVar[type] = FlamingoAdapterOptions
+
+
+@register_paradigm
+class Blip2Adapter(AdapterParadigm):
+    variant: ClassVar[str] = "blip2"
+    description: ClassVar[str] = "BLIP-2 stage 2 only: Q-Former-lite queries projected as a soft prompt of a frozen LLM"
+    Options: ClassVar[type] = Blip2AdapterOptions
+
+
+@register_paradigm
+class PalmeAdapter(AdapterParadigm):
+    variant: ClassVar[str] = "palme"
+    description: ClassVar[str] = "PaLM-E: projected spatial features placed at the image's position in the text (frozen LLM)"
+    Options: ClassVar[type] = PalmeAdapterOptions
