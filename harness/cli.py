@@ -80,7 +80,8 @@ def run(config_path, paradigm, task, limit, shots, trials, seed, batch_size, res
         from harness.tracking import TrackingError
 
         if isinstance(exc, TrackingError):
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(f"{exc}\nNothing was computed. Check --tracking-uri / tracking.uri "
+                                       f"(or start the MLflow server) and run the same command again.") from None
         raise
     if not outcome.table:  # a worker rank of a multi-process run: rank 0 prints the results
         return
@@ -88,6 +89,13 @@ def run(config_path, paradigm, task, limit, shots, trials, seed, batch_size, res
     click.echo(f"\nsamples computed: {outcome.computed}, read from cache: {outcome.cached}; "
                f"models loaded: {', '.join(outcome.loaded) or 'none'}", err=True)
     click.echo(f"\nresults: {outcome.summary_dir}  (MLflow parent run {outcome.parent_run_id})")
+    if outcome.tracking_error:
+        raise click.ClickException(
+            f"MLflow logging failed ({outcome.tracking_error}).\nEvery answer was computed and is in "
+            f"{Path(cfg.results_dir) / 'cache.sqlite'}; the local results above are complete, but the "
+            f"MLflow store is not. Run the same command again once the tracking store is back: it "
+            f"recomputes nothing and logs every unit."
+        )
 
 
 @main.command("list")
@@ -230,6 +238,28 @@ def compare(run_a: str, run_b: str, metric: str | None, results_dir: Path, track
     click.echo(f"{name}: {labels[0]} = {res.value_a:.4f}, {labels[1]} = {res.value_b:.4f} (n={res.n})")
     click.echo(f"difference A-B = {res.mean_diff:+.4f}, 95% CI [{res.ci[0]:+.4f}, {res.ci[1]:+.4f}], "
                f"p = {res.p_value:.4f} (paired bootstrap, {res.n_boot} resamples)")
+
+
+@main.command()
+@click.option("--paradigm", default="trained_adapter", show_default=True, type=click.Choice(["trained_adapter"]))
+@click.option("--connector", required=True, help="Connector variant: frozen, flamingo, blip2, palme.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Suite whose models and trained_adapter options are used (default: configs/default.yaml).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Override train.steps.")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None)
+def train(paradigm: str, connector: str, config_path: Path | None, steps: int | None, results_dir: Path | None,
+          tracking_uri: str | None) -> None:
+    """Train a visual connector on a frozen LLM (cached by config hash; `mmbench run` reuses it)."""
+    from harness.training_run import TrainingError, run_training
+
+    try:
+        cfg = load_config(config_path or default_config_path(),
+                          {"results_dir": str(results_dir) if results_dir else None})
+        out = run_training(cfg, f"{paradigm}/{connector}", steps=steps, tracking_uri=tracking_uri)
+    except (ConfigError, TrainingError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(out)
 
 
 def _register_report() -> None:

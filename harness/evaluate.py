@@ -15,7 +15,7 @@ from harness.cache import ResultCache
 from harness.config import RunConfig
 from harness.report import results_frame, results_table
 from harness.runner import Plan, Runner, UnitResult, plan_run
-from harness.tracking import Tracker, default_tracking_uri, git_state, hardware, package_versions
+from harness.tracking import Tracker, TrackingError, default_tracking_uri, git_state, hardware, package_versions
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,29 @@ class RunOutcome:
     computed: int = 0
     cached: int = 0
     loaded: tuple[str, ...] = ()
+    tracking_error: str | None = None
+    """Set when MLflow logging failed mid-run: every answer is cached, but the store is incomplete."""
+
+
+class _GuardedTracking:
+    """Tracking calls that cannot stop the compute: the first failure is kept, later calls skipped.
+
+    The tracking store is a mirror of the result cache, not where answers live; if it goes away
+    mid-run the remaining units are still computed and cached, and a rerun logs them all.
+    """
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+
+    def __call__(self, what: str, fn: Any, *args: Any) -> Any:
+        if self.error is not None:
+            return None
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - any store failure: keep computing, report at the end
+            self.error = f"{what}: {type(exc).__name__}: {exc}"
+            log.error("MLflow logging failed (%s); computing continues, answers stay in the cache", self.error)
+            return None
 
 
 def reproducibility(config: RunConfig, runner: Runner) -> dict[str, Any]:
@@ -135,15 +158,25 @@ def run_evaluation(
         finally:
             cache.close()
         return RunOutcome(config_hash, [], None, results_dir, "", loaded=tuple(runner.backbones.loaded()))
-    tracker = Tracker(
-        uri=tracking_uri or config.tracking.uri or default_tracking_uri(results_dir),
-        experiment=config.tracking.experiment,
-        artifact_root=results_dir / "mlartifacts",
-    )
+    try:
+        tracker = Tracker(
+            uri=tracking_uri or config.tracking.uri or default_tracking_uri(results_dir),
+            experiment=config.tracking.experiment,
+            artifact_root=results_dir / "mlartifacts",
+        )
+        reaped = tracker.reap_zombies()
+    except TrackingError:
+        cache.close()
+        raise
+    except Exception as exc:  # noqa: BLE001 - the store was reachable a moment ago; fail before compute
+        cache.close()
+        raise TrackingError(f"MLflow tracking store {tracker.uri!r} failed: {type(exc).__name__}: {exc}") from exc
+    if reaped:
+        log.warning("marked %d MLflow run(s) left RUNNING by a killed mmbench process as KILLED", len(reaped))
     results: list[UnitResult] = []
+    guard = _GuardedTracking()
 
-    def log_unit(r: UnitResult) -> None:
-        results.append(r)
+    def _log_child(r: UnitResult) -> None:
         child = tracker.start_child(parent, r.unit.name, _unit_tags(r))
         tracker.log_params(child, _unit_params(r, config_hash))
         tracker.log_metrics(child, _unit_metrics(r))
@@ -151,24 +184,23 @@ def run_evaluation(
         tracker.log_table(child, r.rows, "predictions.jsonl")
         tracker.end(child)
 
-    runner = Runner(plan, cache=cache, progress=progress, on_unit=log_unit, shard=(rank, world))
+    def log_unit(r: UnitResult) -> None:
+        results.append(r)
+        guard(f"logging unit {r.unit.name!r}", _log_child, r)
+
+    def log_prepared(label: str, paradigm: object) -> None:
+        from harness.training_run import log_training
+
+        log_training(tracker, parent, label, paradigm)
+
+    runner = Runner(plan, cache=cache, progress=progress, on_unit=log_unit, on_prepared=log_prepared, shard=(rank, world))
     repro = reproducibility(config, runner)
     repro["world_size"] = world
-    parent = tracker.start_parent(
-        f"{config.name}-{config_hash[:8]}",
-        params={
-            "config_hash": config_hash,
-            "seed": config.seed,
-            "paradigms": [p.label for p in plan.paradigms],
-            "tasks": [t.spec.name for t in plan.tasks],
-            "shots": list(config.in_context.shots),
-            "git_commit": repro["git"]["commit"],
-            "world_size": world,
-        },
-        tags={"mmbench.kind": "run", "mmbench.config_hash": config_hash},
-    )
-    tracker.log_text(parent, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config.yaml")
-    tracker.log_json(parent, repro, "reproducibility.json")
+    try:
+        parent = _start_parent(tracker, config, config_hash, plan, repro, world)
+    except Exception as exc:  # noqa: BLE001 - before compute: stop with the store's message
+        cache.close()
+        raise TrackingError(f"MLflow tracking store {tracker.uri!r} failed: {type(exc).__name__}: {exc}") from exc
     status = "FAILED"
     try:
         runner.run()
@@ -190,12 +222,45 @@ def run_evaluation(
             frame.to_csv(summary_dir / "results.csv", index=False)
             (summary_dir / "results.md").write_text(table + "\n", encoding="utf-8")
             (summary_dir / "reproducibility.json").write_text(json.dumps(repro, indent=1, sort_keys=True))
-            tracker.log_text(parent, table + "\n", "results.md")
-            tracker.log_text(parent, frame.to_csv(index=False), "results.csv")
-        tracker.end(parent, status)
+            guard("logging results.md", tracker.log_text, parent, table + "\n", "results.md")
+            guard("logging results.csv", tracker.log_text, parent, frame.to_csv(index=False), "results.csv")
+        guard("ending the parent run", tracker.end, parent, status if guard.error is None else "FAILED")
         cache.close()
+        _report_failures(results)
     return RunOutcome(
         config_hash, results, parent, summary_dir, table,
         computed=sum(r.computed for r in results), cached=sum(r.cached for r in results),
-        loaded=tuple(runner.backbones.loaded()),
+        loaded=tuple(runner.backbones.loaded()), tracking_error=guard.error,
     )
+
+
+def _report_failures(results: Sequence[UnitResult], per_unit: int = 5) -> None:
+    """Name the failed samples and why on stderr: a count in the table alone hides bad data."""
+    for r in results:
+        failed = [row for row in r.rows if row["error"]]
+        if not failed:
+            continue
+        lines = [f"  {row['sample_id']}: {row['error']}" for row in failed[:per_unit]]
+        more = f"\n  ... and {len(failed) - per_unit} more (see predictions.jsonl)" if len(failed) > per_unit else ""
+        print(f"{r.unit.name}: {len(failed)} of {len(r.rows)} samples failed (scored as wrong):\n"
+              + "\n".join(lines) + more, file=sys.stderr)
+
+
+def _start_parent(tracker: Tracker, config: RunConfig, config_hash: str, plan: Plan, repro: dict[str, Any], world: int) -> str:
+    """Open the run's parent MLflow run and log its config; any failure here happens before compute."""
+    parent = tracker.start_parent(
+        f"{config.name}-{config_hash[:8]}",
+        params={
+            "config_hash": config_hash,
+            "seed": config.seed,
+            "paradigms": [p.label for p in plan.paradigms],
+            "tasks": [t.spec.name for t in plan.tasks],
+            "shots": list(config.in_context.shots),
+            "git_commit": repro["git"]["commit"],
+            "world_size": world,
+        },
+        tags={"mmbench.kind": "run", "mmbench.config_hash": config_hash},
+    )
+    tracker.log_text(parent, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config.yaml")
+    tracker.log_json(parent, repro, "reproducibility.json")
+    return parent

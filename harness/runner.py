@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,14 @@ from tasks.spec import TaskSpec, get_task, task_specs
 log = logging.getLogger(__name__)
 
 MAX_QUESTION_CHARS = 4000
+#: C0/C1 control characters other than tab and newline: junk from broken exports that some
+#: tokenizers map to nothing and terminals interpret; replaced by a space before prompting.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_text(text: str) -> str:
+    """The question as the model sees it: control characters become spaces."""
+    return _CONTROL.sub(" ", text)
 
 
 # --------------------------------------------------------------------------- plan
@@ -244,6 +253,7 @@ class Runner:
         backbones: Backbones | None = None,
         progress: bool = True,
         on_unit: Callable[[UnitResult], None] | None = None,
+        on_prepared: Callable[[str, Paradigm], None] | None = None,
         shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.plan = plan
@@ -252,6 +262,7 @@ class Runner:
         self.backbones = backbones or Backbones(self.config.models)
         self.progress = progress
         self.on_unit = on_unit
+        self.on_prepared = on_prepared
         self.shard = shard
         self._instances: dict[str, Paradigm] = {}
         self._prepared: set[str] = set()
@@ -332,7 +343,7 @@ class Runner:
         out = []
         for s in unit.task.dataset.samples:
             shots = self._shots_for(unit, s)
-            prompt = spec.render_prompt(s.question, s.choices)
+            prompt = spec.render_prompt(clean_text(s.question), s.choices)
             key = sample_key(
                 paradigm=pfp,
                 task=unit.task.fingerprint,
@@ -352,6 +363,8 @@ class Runner:
         s = prep.sample
         if len(s.question) > MAX_QUESTION_CHARS:
             return Answer.failed(f"question too long ({len(s.question)} characters > {MAX_QUESTION_CHARS})")
+        if unit.task.spec.kind in ("vqa", "multiple_choice") and not clean_text(s.question).strip():
+            return Answer.failed("empty question")
         try:
             img = s.load_image()
         except Exception as exc:  # noqa: BLE001 - any image failure fails only this sample
@@ -367,9 +380,9 @@ class Runner:
                     sample_id=x.sample_id,
                     image_id=image_id_of(ximg),
                     image=ximg,
-                    prompt=unit.task.spec.render_prompt(x.question, x.choices),
+                    prompt=unit.task.spec.render_prompt(clean_text(x.question), x.choices),
                     answer=x.gold_text,
-                    question=x.question,
+                    question=clean_text(x.question),
                 )
             )
         return Request(
@@ -380,7 +393,7 @@ class Runner:
             shots=tuple(shots),
             kind=unit.task.spec.kind,
             choices=tuple(s.choices),
-            question=s.question,
+            question=clean_text(s.question),
             max_new_tokens=unit.task.spec.max_new_tokens,
         )
 
@@ -426,6 +439,8 @@ class Runner:
             if unit.paradigm.label not in self._prepared:
                 paradigm.prepare()
                 self._prepared.add(unit.paradigm.label)
+                if self.on_prepared:
+                    self.on_prepared(unit.paradigm.label, paradigm)
             bs = self.config.batch_size
             for start in range(0, len(missing), bs):
                 chunk = missing[start : start + bs]

@@ -1,0 +1,68 @@
+"""``mmbench train``: train one connector with a suite's models and options, logged to MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness.config import ConfigError, ParadigmSpec, RunConfig
+from harness.tracking import Tracker, default_tracking_uri
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def _spec_for(config: RunConfig, name: str, steps: int | None) -> ParadigmSpec:
+    spec = next((p for p in config.paradigms if p.name == name), ParadigmSpec(name=name))
+    if steps is None:
+        return spec
+    opts = dict(spec.options)
+    opts["train"] = {**dict(opts.get("train", {})), "steps": steps}
+    return ParadigmSpec(name=spec.name, options=opts, label=spec.label)
+
+
+def log_training(tracker: Tracker, parent: str | None, label: str, paradigm: Any) -> str | None:
+    """A nested run with the loss curve, trainable parameters and training time, if it trained."""
+    result = getattr(paradigm, "train_result", None)
+    if result is None:
+        return None
+    tags = {"mmbench.kind": "training", "mmbench.paradigm": label}
+    run = tracker.start_child(parent, f"train {label}", tags) if parent else tracker.start_parent(f"train {label}", {}, tags)
+    tracker.log_params(run, {
+        "paradigm": label,
+        "options": paradigm.options.model_dump(mode="json"),
+        "checkpoint": str(getattr(paradigm, "checkpoint_dir", "")),
+        "resumed_from": result.resumed_from,
+    })
+    tracker.log_series(run, "train_loss", result.loss_curve)
+    tracker.log_metrics(run, {"trainable_params": float(result.trainable_params), "train_seconds": result.seconds,
+                              "train_steps": float(result.steps)})
+    tracker.end(run)
+    return run
+
+
+def run_training(config: RunConfig, name: str, *, steps: int | None = None, tracking_uri: str | None = None) -> str:
+    from harness.backbones import Backbones
+    from harness.runner import plan_run
+
+    plan = plan_run(config.model_copy(update={"paradigms": (_spec_for(config, name, steps),)}), [name], None)
+    planned = plan.paradigms[0]
+    if not hasattr(planned.cls, "prepare_with"):
+        raise TrainingError(f"{name} has no training step")
+    from harness.models.llm import GenerationSettings
+
+    paradigm = planned.cls(Backbones(config.models), planned.options, GenerationSettings())
+    paradigm.prepare()
+    results_dir = Path(config.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(tracking_uri or config.tracking.uri or default_tracking_uri(results_dir),
+                      config.tracking.experiment, results_dir / "mlartifacts")
+    run = log_training(tracker, None, planned.label, paradigm)
+    r = paradigm.train_result
+    return (f"{name}: {r.trainable_params:,} trainable parameters, {r.steps} steps, "
+            f"final loss {r.loss_curve[-1][1]:.3f}, {r.seconds:.0f} s; checkpoint {paradigm.checkpoint_dir}; "
+            f"MLflow run {run}")
+
+
+__all__ = ["ConfigError", "TrainingError", "log_training", "run_training"]
