@@ -188,6 +188,16 @@ def _resolve_paths(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def spread_subset(samples: Sequence[Sample], n: int) -> tuple[Sample, ...]:
+    """``n`` samples evenly spaced through the split (deterministic, independent of the seed).
+
+    Datasets list several questions per image next to each other; the first ``n`` would often all
+    be about one image, so a small ``--limit`` takes every (len/n)-th sample instead.
+    """
+    step = len(samples) / n
+    return tuple(samples[int(i * step)] for i in range(n))
+
+
 def _plan_task(
     spec: TaskSpec, overrides: dict[str, Any], limit: int | None, config: RunConfig, shots: tuple[int, ...] | None = None
 ) -> PlannedTask:
@@ -205,8 +215,8 @@ def _plan_task(
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise ConfigError(f"task {spec.name!r}: duplicate sample ids in the dataset: {dup}")
-    if limit:
-        ds = Dataset(ds.name, ds.split, ds.source, ds.samples[:limit], ds.license)
+    if limit and limit < len(ds):
+        ds = Dataset(ds.name, ds.split, ds.source, spread_subset(ds.samples, limit), ds.license)
     max_k = max(shots if shots is not None else config.in_context.shots, default=0)
     if spec.kind != "binding" and max_k > 0 and support is not None and max_k > len(support):
         raise ConfigError(
