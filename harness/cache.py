@@ -9,7 +9,10 @@ write atomic: a process killed mid-write leaves either the whole batch or none o
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -32,6 +35,65 @@ CREATE TABLE IF NOT EXISTS memo (
     created REAL NOT NULL
 );
 """
+
+
+# ------------------------------------------------------------------ fault injection
+#: ``MMBENCH_FAULT=<site>:<n>[:<action>][,...]`` makes the n-th visit of ``site`` in this process
+#: fail, so crash-safety tests can land a kill *inside* a cache write or an MLflow call instead of
+#: hoping a timer does. Sites: ``cache_write`` (inside the SQLite transaction, before COMMIT) and
+#: ``mlflow`` (before each tracking call). Actions: ``kill`` (SIGKILL this process, the default),
+#: ``sigint`` (send SIGINT to this process, as Ctrl-C would) and ``raise`` (raise ``ConnectionError``
+#: at the n-th and every later visit: a tracking server that went away). Inert when unset.
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(site: str) -> None:
+    """Injected failure for tests (see above); does nothing unless ``MMBENCH_FAULT`` names ``site``."""
+    spec = os.environ.get("MMBENCH_FAULT")
+    if not spec:
+        return
+    _fault_counts[site] = _fault_counts.get(site, 0) + 1
+    for part in spec.split(","):
+        name, _, rest = part.strip().partition(":")
+        if name != site:
+            continue
+        n_str, _, action = rest.partition(":")
+        n, action = int(n_str), action or "kill"
+        if action == "raise" and _fault_counts[site] >= n:
+            raise ConnectionError(f"MMBENCH_FAULT: injected failure at {site} #{_fault_counts[site]}")
+        if _fault_counts[site] == n:
+            if action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif action == "sigint":
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+class _DeferSigint:
+    """Hold Ctrl-C until the block ends, so an interrupted run never abandons a half-done write.
+
+    SQLite would roll an interrupted transaction back (nothing corrupt, the batch is recomputed),
+    but the batch's compute would be lost; deferring costs at most one commit's latency. Only the
+    main thread can own signal handlers; elsewhere this is a no-op.
+    """
+
+    def __enter__(self) -> None:
+        self._pending = False
+        self._old: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._hold)
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        self._pending = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is None:
+            return
+        signal.signal(signal.SIGINT, self._old)
+        if self._pending:
+            if callable(self._old):
+                self._old(signal.SIGINT, None)
+            elif self._old == signal.SIG_DFL:
+                raise KeyboardInterrupt
 
 
 def sample_key(**parts: Any) -> str:
@@ -76,7 +138,7 @@ class ResultCache:
         rows = [(k, unit, sid, json.dumps(p, sort_keys=True), now) for k, sid, p in items]
         if not rows:
             return
-        with self._transaction():
+        with _DeferSigint(), self._transaction():
             self._db.executemany(
                 "INSERT OR REPLACE INTO answers(key, unit, sample_id, payload, created) VALUES (?,?,?,?,?)",
                 rows,
@@ -114,4 +176,6 @@ class _Tx:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            fault_point("cache_write")
         self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")

@@ -202,8 +202,30 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     return parse_config(raw)
 
 
+def _warn_remote_code(obj: Any, path: str = "") -> None:
+    """``trust_remote_code: true`` anywhere runs code downloaded with a model: say so up front."""
+    import warnings
+
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            where = f"{path}.{k}" if path else str(k)
+            if k == "trust_remote_code" and v is True:
+                warnings.warn(
+                    f"config key '{where}' is true: Python code shipped with the model will be run "
+                    "on this machine; use it only for repositories you trust (and pin a revision)",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            else:
+                _warn_remote_code(v, where)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _warn_remote_code(v, f"{path}[{i}]")
+
+
 def parse_config(raw: dict[str, Any]) -> RunConfig:
     _reject_nan(raw)
+    _warn_remote_code(raw)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

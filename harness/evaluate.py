@@ -191,7 +191,7 @@ def run_evaluation(
     def log_prepared(label: str, paradigm: object) -> None:
         from harness.training_run import log_training
 
-        log_training(tracker, parent, label, paradigm)
+        guard(f"logging training of {label!r}", log_training, tracker, parent, label, paradigm)
 
     runner = Runner(plan, cache=cache, progress=progress, on_unit=log_unit, on_prepared=log_prepared, shard=(rank, world))
     repro = reproducibility(config, runner)
@@ -234,7 +234,7 @@ def run_evaluation(
     )
 
 
-def _report_failures(results: Sequence[UnitResult], per_unit: int = 5) -> None:
+def _report_failures(results: Sequence[UnitResult], per_unit: int = 10) -> None:
     """Name the failed samples and why on stderr: a count in the table alone hides bad data."""
     for r in results:
         failed = [row for row in r.rows if row["error"]]

@@ -14,7 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from harness.cache import fault_point
 from harness.config import repo_root
+
+#: Bounds on MLflow's HTTP client (defaults: 7 retries with exponential backoff and a 120 s
+#: timeout, i.e. minutes before an unreachable server is reported). Users' own settings win.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 
 #: Param/tag names shared by every nested run, so MLflow's compare view lines paradigms up.
 UNIT_TAGS = ("mmbench.paradigm", "mmbench.family", "mmbench.variant", "mmbench.task", "mmbench.shots")
@@ -28,6 +38,37 @@ _PACKAGES = (
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; raised before any compute."""
+
+
+def process_token(pid: int | None = None) -> str:
+    """``host:pid:start-time`` of a process: tells a crashed run's leftovers from a live run's,
+    even after the pid is reused (the start time, read from /proc, differs)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{platform.node()}:{pid}:{_start_time(pid)}"
+
+
+def _start_time(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22 (starttime), counted after the comm field
+
+
+def token_alive(token: str) -> bool | None:
+    """Whether the process named by a :func:`process_token` still runs; None = other host."""
+    host, _, rest = token.partition(":")
+    pid_s, _, start = rest.partition(":")
+    if host != platform.node() or not pid_s.isdigit():
+        return None
+    pid = int(pid_s)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return start == "?" or _start_time(pid) == start
 
 
 def package_versions() -> dict[str, str]:
@@ -84,6 +125,9 @@ class Tracker:
 
     def __post_init__(self) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        for k, v in HTTP_DEFAULTS.items():
+            os.environ.setdefault(k, v)
+        self.token = process_token()
         import mlflow
         from mlflow import MlflowClient
 
@@ -101,17 +145,42 @@ class Tracker:
             raise TrackingError(f"MLflow tracking store {self.uri!r} is not usable: {exc}") from exc
 
     # ------------------------------------------------------------------ runs
+    def reap_zombies(self) -> list[str]:
+        """Mark runs left RUNNING by a killed mmbench process on this host as KILLED.
+
+        A SIGKILLed (or power-cut) process cannot end its MLflow runs, so the UI would show them
+        running forever. Runs carry their process's :func:`process_token`; a run whose process is
+        gone is closed here. Runs of live processes and of other hosts are left alone.
+        """
+        fault_point("mlflow")
+        reaped = []
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000
+        )
+        for run in runs:
+            token = run.data.tags.get("mmbench.process")
+            if token and token_alive(token) is False:
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                reaped.append(run.info.run_id)
+        return reaped
+
     def start_parent(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags))
+        fault_point("mlflow")
+        run = self.client.create_run(
+            self.experiment_id, run_name=name, tags={**tags, "mmbench.process": self.token}
+        )
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
     def start_child(self, parent_id: str, name: str, tags: Mapping[str, str]) -> str:
-        all_tags = {"mlflow.parentRunId": parent_id, **tags}
+        fault_point("mlflow")
+        all_tags = {"mlflow.parentRunId": parent_id, **tags, "mmbench.process": self.token}
         return self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
+
+        fault_point("mlflow")
 
         items = [Param(k, _param_str(v)) for k, v in params.items()]
         for start in range(0, len(items), 90):
@@ -123,6 +192,7 @@ class Tracker:
 
         from mlflow.entities import Metric
 
+        fault_point("mlflow")
         now = int(time.time() * 1000)
         items = [
             Metric(_metric_name(k), float(v), now, step)
@@ -143,17 +213,21 @@ class Tracker:
             self.client.log_batch(run_id, metrics=items[start : start + 900])
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
+        fault_point("mlflow")
         self.client.log_text(run_id, text, path)
 
     def log_json(self, run_id: str, obj: Any, path: str) -> None:
+        fault_point("mlflow")
         self.client.log_text(run_id, json.dumps(obj, indent=1, sort_keys=True, default=str), path)
 
     def log_table(self, run_id: str, rows: Sequence[Mapping[str, Any]], path: str) -> None:
         """Per-sample rows as JSON Lines (readable in the MLflow UI's artifact view)."""
         text = "\n".join(json.dumps(r, sort_keys=True, default=str, ensure_ascii=False) for r in rows)
+        fault_point("mlflow")
         self.client.log_text(run_id, text + "\n", path)
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
+        fault_point("mlflow")
         self.client.set_terminated(run_id, status=status)
 
 

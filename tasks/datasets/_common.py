@@ -13,7 +13,13 @@ import json
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps
+
+#: Largest image decoded (width × height). Far above any VL benchmark image (COCO ≤ 640², 4K =
+#: 8.3 M) yet small enough that a decompression bomb (a tiny file declaring a 50 000² image) fails
+#: its own sample instead of eating tens of GB. Checked from the header, before decoding.
+MAX_IMAGE_PIXELS = 40_000_000
 
 
 class ImageLoadError(OSError):
@@ -21,15 +27,52 @@ class ImageLoadError(OSError):
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """Open an image file fully into memory as RGB, with the path in any error."""
+    """Open an image file fully into memory as 8-bit RGB, with the path in any error.
+
+    The camera's EXIF orientation is applied (a phone photo is seen upright, as a viewer shows
+    it); transparency is composited on white (not the black PIL's plain convert gives); 16-bit
+    and float greyscale are scaled to 8 bits rather than clipped to white.
+    """
     if not path.is_file():
         raise ImageLoadError(f"image file not found: {path}")
     try:
         with Image.open(path) as img:
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ImageLoadError(
+                    f"image {path} is {w}×{h} = {w * h} pixels, over the limit of {MAX_IMAGE_PIXELS} "
+                    "(possible decompression bomb); resize it or raise tasks.datasets._common.MAX_IMAGE_PIXELS"
+                )
             img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ImageLoadError(f"cannot decode image {path}: {err}") from err
+            return to_rgb(ImageOps.exif_transpose(img))
+    except ImageLoadError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        if path.stat().st_size == 0:
+            raise ImageLoadError(f"cannot decode image {path}: the file is empty (0 bytes)") from err
+        raise ImageLoadError(f"cannot decode image {path}: {type(err).__name__}: {err}") from err
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any PIL mode, keeping what a viewer would show."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I") and arr.max(initial=0) > 255 else 255.0
+        if img.mode == "F" and arr.max(initial=0) <= 1.0:
+            top = 1.0
+        arr = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 def lazy_file_image(path: Path) -> Callable[[], Image.Image]:

@@ -1,0 +1,212 @@
+"""Crash safety, proven on one results folder: a run is SIGKILLed again and again (at random times,
+inside cache writes and inside MLflow calls, via ``MMBENCH_FAULT``), interrupted with Ctrl-C, and
+loses its tracking store mid-run; each time it is resumed. It must end with exactly the metrics of
+an uninterrupted run, one cached answer per sample (none lost, none duplicated), an intact SQLite
+file, and no MLflow run left RUNNING."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.test_resume import METRIC_COLS
+
+pytestmark = pytest.mark.slow
+
+LIMIT = 4
+# (pica, magic) × (0-shot, 1-shot) × LIMIT samples
+N_ANSWERS = 4 * LIMIT
+
+
+def _config(tmp: Path, llm_dir: Path) -> Path:
+    cfg = {
+        "name": "crash-test",
+        "seed": 0,
+        "limit": LIMIT,
+        "batch_size": 1,  # one transaction per sample: many distinct kill points
+        "bootstrap": 50,
+        "paradigms": [
+            {"name": "text_conversion/pica", "options": {"converters": [{"kind": "objects"}]}},
+            {"name": "guided_decoding/magic", "options": {"k": 4}},
+        ],
+        "tasks": [{"name": "world_vqa"}],
+        "in_context": {"shots": [0, 1]},
+        "models": {"llm": {"source": "local", "name": str(llm_dir), "device": "cpu", "dtype": "float32"}},
+        "generation": {"max_new_tokens": 3},
+    }
+    p = tmp / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _cmd(cfg: Path, results: Path) -> list[str]:
+    return [sys.executable, "-m", "harness.cli", "run", "--config", str(cfg), "--results-dir", str(results), "--no-progress"]
+
+
+def _env(tmp: Path, fault: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MMBENCH_FAULT"}
+    env["MMBENCH_CACHE"] = str(tmp / "mmcache")
+    env["OMP_NUM_THREADS"] = "1"
+    if fault:
+        env["MMBENCH_FAULT"] = fault
+    return env
+
+
+def _answers(results: Path) -> int:
+    try:
+        with sqlite3.connect(results / "cache.sqlite", timeout=1) as c:
+            return c.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _texts(results: Path) -> dict[str, tuple[str, str | None]]:
+    with sqlite3.connect(results / "cache.sqlite") as c:
+        rows = c.execute("SELECT key, payload FROM answers").fetchall()
+    return {k: (json.loads(p)["text"], json.loads(p)["error"]) for k, p in rows}
+
+
+def _metrics(results: Path) -> pd.DataFrame:
+    (csv,) = list((results / "runs").glob("*/results.csv"))
+    return pd.read_csv(csv)[METRIC_COLS].sort_values(METRIC_COLS[:5]).reset_index(drop=True)
+
+
+def _mlflow_runs(results: Path) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("mmbench")
+    return client.search_runs([exp.experiment_id], max_results=10_000)
+
+
+#: The kill rotation: ("fault", MMBENCH_FAULT) kills itself at that point; ("timer", None) is a
+#: SIGKILL from outside at a random moment after the process wrote its first answer.
+#: ``cache_write:n`` counts every transaction of that process (answers, shot selections, metric
+#: memos), so ``cache_write:2`` dies inside the 2nd write with exactly one committed. ``mlflow:n``
+#: counts tracking calls: 1 reap, 2-5 parent run + config, then 6 per finished unit; "{pre}" is a
+#: call before compute, "{unit}" one inside the first unit's logging (only once that unit is cached,
+#: so the kill costs no compute).
+ROTATION = [("fault", "cache_write:2"), ("fault", "mlflow:{pre}"), ("timer", None), ("fault", "cache_write:3"),
+            ("fault", "mlflow:{unit}"), ("fault", "cache_write:1"), ("timer", None)]
+N_KILLS = 20
+
+
+def _fault(template: str, answers: int, rng: random.Random) -> str:
+    unit_cached = answers >= LIMIT  # the first unit (pica 0-shot) is complete in the cache
+    return template.format(pre=rng.randint(1, 5), unit=rng.randint(6, 11) if unit_cached else rng.randint(1, 5))
+
+
+def _integrity(results: Path) -> None:
+    with sqlite3.connect(results / "cache.sqlite") as c:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        n, keys, pairs = c.execute("SELECT COUNT(*), COUNT(DISTINCT key), COUNT(DISTINCT unit || '|' || sample_id) FROM answers").fetchone()
+    assert n == keys == pairs, f"duplicate answers: {n} rows, {keys} keys, {pairs} (unit, sample) pairs"
+
+
+def test_killed_interrupted_and_untracked_runs_resume_to_the_uninterrupted_result(tmp_path, tiny_llm_dir):
+    cfg = _config(tmp_path, tiny_llm_dir)
+    ref = tmp_path / "ref"
+    done = subprocess.run(_cmd(cfg, ref), env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _answers(ref) == N_ANSWERS
+
+    res = tmp_path / "res"
+    rng = random.Random(9)
+    kills = {"fault": 0, "timer": 0}
+    progress = []
+    faults = []
+    for i in range(N_KILLS):
+        kind, arg = ROTATION[i % len(ROTATION)]
+        before = _answers(res)
+        arg = _fault(arg, before, rng) if kind == "fault" else None
+        faults.append(arg or "timer")
+        proc = subprocess.Popen(_cmd(cfg, res), env=_env(tmp_path, arg),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if kind == "timer":
+            # wait until this process has written an answer, then kill at a random moment after it
+            deadline = time.time() + 120
+            while _answers(res) == before and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.5))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == -signal.SIGKILL, f"{faults}, {progress}: exit {proc.returncode}\n{err[-2000:]}"
+        kills[kind] += 1
+        _integrity(res)
+        progress.append(_answers(res))
+    assert sum(kills.values()) >= 20 and kills["timer"] >= 5
+    assert progress[-1] < N_ANSWERS, f"the schedule finished the run early: {progress}"
+
+    # Ctrl-C in the middle of a cache write: the write completes, the run exits 130 with a hint.
+    before = _answers(res)
+    intr = subprocess.run(_cmd(cfg, res), env=_env(tmp_path, "cache_write:2:sigint"),
+                          capture_output=True, text=True, timeout=300)
+    assert intr.returncode == 130, intr.stderr[-2000:]
+    assert "run the same command again to resume" in intr.stderr
+    _integrity(res)
+    # two transactions committed, the 2nd despite SIGINT arriving before its COMMIT (at most one
+    # of them is a memo write, so at least one more answer is there)
+    assert _answers(res) >= before + 1
+
+    # The tracking store fails from its 8th call on (inside the first unit's logging): computing
+    # goes on to the end, the run says logging failed and exits non-zero.
+    outage = subprocess.run(_cmd(cfg, res), env=_env(tmp_path, "mlflow:8:raise"),
+                            capture_output=True, text=True, timeout=600)
+    assert outage.returncode == 1, outage.stderr[-2000:]
+    assert "MLflow logging failed" in outage.stderr and "Run the same command again" in outage.stderr
+    assert _answers(res) == N_ANSWERS  # every answer computed and cached despite the outage
+
+    # The rerun computes nothing, logs everything, and matches the uninterrupted run exactly.
+    final = subprocess.run(_cmd(cfg, res), env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert f"samples computed: 0, read from cache: {N_ANSWERS}; models loaded: none" in final.stderr
+    _integrity(res)
+    assert _answers(res) == N_ANSWERS
+    pd.testing.assert_frame_equal(_metrics(ref), _metrics(res))
+    assert _texts(ref) == _texts(res)  # bit-identical answers, sample by sample, across processes
+
+    runs = _mlflow_runs(res)
+    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"], "zombie MLflow runs left"
+    assert sum(r.info.status == "KILLED" for r in runs) >= 10  # the killed processes' runs, closed
+    parents = [r for r in runs if r.info.status == "FINISHED" and "mlflow.parentRunId" not in r.data.tags]
+    last = max(parents, key=lambda r: r.info.start_time)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == last.info.run_id]
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{res / 'mlflow.db'}")
+    for c in children:
+        path = client.download_artifacts(c.info.run_id, "predictions.jsonl", str(tmp_path / c.info.run_id))
+        rows = [json.loads(x) for x in Path(path).read_text().splitlines()]
+        assert len(rows) == LIMIT and len({r["sample_id"] for r in rows}) == LIMIT
+    print(f"\nkills: {kills}\nfaults: {faults}\nanswers after each kill: {progress}")
+
+
+def test_unreachable_tracking_server_fails_fast_before_compute(tmp_path, tiny_llm_dir):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    cfg = _config(tmp_path, tiny_llm_dir)
+    start = time.time()
+    done = subprocess.run([*_cmd(cfg, tmp_path / "r"), "--tracking-uri", f"http://127.0.0.1:{port}"],
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    took = time.time() - start
+    assert done.returncode == 1
+    assert f"127.0.0.1:{port}" in done.stderr and "Nothing was computed" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert _answers(tmp_path / "r") == 0
+    assert took < 90, f"took {took:.0f} s to give up on a closed port"
