@@ -110,3 +110,20 @@ def test_karpathy_flickr30k_layout_without_filepath(tmp_path: Path) -> None:
 def test_restval_needs_karpathy_format(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="restval"):
         load_dataset("coco_captions", "restval", {"root": str(_coco(tmp_path))})
+
+
+def test_repeated_image_id_with_different_file_is_an_error(tmp_path):
+    import json
+
+    import pytest
+
+    from tasks.datasets import load_dataset
+
+    (tmp_path / "images").mkdir()
+    doc = {
+        "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}],
+        "annotations": [{"image_id": 1, "caption": "a cat"}],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="repeats id 1"):
+        load_dataset("coco_captions", "test", {"root": str(tmp_path), "annotations": "ann.json", "images_dir": "images"})

@@ -44,6 +44,11 @@ def _coco_samples(split: str, o: CocoOptions) -> list[Sample]:
     files: dict[Any, str] = {}
     for k, img in enumerate(doc["images"]):
         require_keys(img, ("id", "file_name"), what=f"{ann_path}: images[{k}]")
+        if img["id"] in files and files[img["id"]] != img["file_name"]:
+            raise ValueError(
+                f"{ann_path}: images[{k}] repeats id {img['id']!r} with another file "
+                f"({files[img['id']]!r} vs {img['file_name']!r})"
+            )
         files[img["id"]] = img["file_name"]
         safe_relative(img["file_name"], what=f"{ann_path}: images[{k}]")
     captions: dict[Any, list[str]] = {}
