@@ -127,6 +127,7 @@ class RunConfig(Strict):
     generation: GenerationConfig = GenerationConfig()
     batch_size: int = Field(8, ge=1)
     bootstrap: int = Field(500, ge=0)
+    clipscore: bool = True  # CLIPScore/RefCLIPScore on caption tasks with the configured scorer
     results_dir: str = "results"
     tracking: TrackingConfig = TrackingConfig()
 

@@ -485,6 +485,10 @@ class Runner:
         samples = [p.sample for p in prepared]
         preds = ["" if a.error else a.text for a in answers]
         metrics = self._metrics(unit, samples, preds)
+        if unit.task.spec.kind == "caption" and self.config.clipscore:
+            extra = self._clipscore(unit, samples, preds)
+            if extra is not None:
+                metrics = merge_metrics(metrics, extra)
         rows = []
         for p, a, pred in zip(prepared, answers, preds):
             s = p.sample
@@ -545,6 +549,49 @@ class Runner:
         self.cache.memo_put("metrics", key, metric_to_dict(res))
         return res
 
+    def _clipscore(self, unit: Unit, samples: list[Sample], preds: list[str]) -> MetricResult | None:
+        """CLIPScore/RefCLIPScore with the run's image–text scorer, labelled with that scorer.
+
+        Memoised by the scorer's fingerprint, so a cached rerun loads no model. Samples whose image
+        cannot be loaded or whose caption is empty score 0 (as failures count as wrong).
+        """
+        import torch
+
+        from tasks.metrics.clipscore import clip_scores, clipscore_result
+
+        sc = self.config.models.scorer
+        label = "tag-minilm" if sc.kind == "tag-minilm" else f"{sc.kind}-{sc.model}"
+        key = stable_hash(["clipscore", self.fingerprints()["scorer"], unit.task.fingerprint,
+                           [s.sample_id for s in samples], preds, self.config.bootstrap, self.config.seed])
+        memo = self.cache.memo_get("metrics", key)
+        if memo is not None:
+            return metric_from_dict(memo)
+        scorer = self.backbones.scorer
+        clip_s = [0.0] * len(samples)
+        ref_s = [0.0] * len(samples)
+        idx, imgs, ids = [], [], []
+        for i, (s, p) in enumerate(zip(samples, preds)):
+            if not p.strip():
+                continue
+            try:
+                img = s.load_image()
+            except Exception:  # noqa: BLE001 - the sample already failed; it scores 0
+                continue
+            idx.append(i)
+            imgs.append(img)
+            ids.append(image_id_of(img))
+        if idx:
+            img_emb = scorer.embed_images(imgs, ids)
+            cand = scorer.embed_texts([preds[i] for i in idx])
+            refs = [scorer.embed_texts(list(samples[i].references)) if samples[i].references else torch.zeros(0, cand.shape[1])
+                    for i in idx]
+            cs, rs = clip_scores(img_emb.float(), cand.float(), [r.float() for r in refs])
+            for j, i in enumerate(idx):
+                clip_s[i], ref_s[i] = cs[j], rs[j]
+        res = clipscore_result(label, clip_s, ref_s, n_boot=self.config.bootstrap, seed=self.config.seed)
+        self.cache.memo_put("metrics", key, metric_to_dict(res))
+        return res
+
     def _meteor_process(self) -> Any:
         """One METEOR JVM for the whole run (its start-up costs seconds); None without Java."""
         if self._meteor is None:
@@ -577,6 +624,19 @@ class Runner:
 
 
 METRICS_VERSION = "1"
+
+
+def merge_metrics(main: MetricResult, extra: MetricResult) -> MetricResult:
+    """Add ``extra``'s metrics to ``main`` (keeping ``main``'s primary metric and type)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        main,
+        values={**main.values, **extra.values},
+        ci={**main.ci, **extra.ci},
+        per_sample={**main.per_sample, **extra.per_sample},
+        unavailable={**main.unavailable, **extra.unavailable},
+    )
 
 
 def metric_to_dict(m: MetricResult) -> dict[str, Any]:
