@@ -88,6 +88,11 @@ def run(config_path, paradigm, task, limit, shots, trials, seed, batch_size, res
     click.echo(outcome.table)
     click.echo(f"\nsamples computed: {outcome.computed}, read from cache: {outcome.cached}; "
                f"models loaded: {', '.join(outcome.loaded) or 'none'}", err=True)
+    t = outcome.timings or {}
+    if t.get("model"):
+        own = sum(t.get(k, 0.0) for k in ("cache", "logging", "prepare_keys"))
+        click.echo(f"time: model {t['model']:.1f} s, harness (cache, keys, logging) {own:.1f} s "
+                   f"= {100 * own / t['model']:.1f}% of model time", err=True)
     click.echo(f"\nresults: {outcome.summary_dir}  (MLflow parent run {outcome.parent_run_id})")
     if outcome.tracking_error:
         raise click.ClickException(

@@ -30,6 +30,7 @@ class RunOutcome:
     computed: int = 0
     cached: int = 0
     loaded: tuple[str, ...] = ()
+    timings: dict[str, float] | None = None
     tracking_error: str | None = None
     """Set when MLflow logging failed mid-run: every answer is cached, but the store is incomplete."""
 
@@ -222,6 +223,9 @@ def run_evaluation(
             frame.to_csv(summary_dir / "results.csv", index=False)
             (summary_dir / "results.md").write_text(table + "\n", encoding="utf-8")
             (summary_dir / "reproducibility.json").write_text(json.dumps(repro, indent=1, sort_keys=True))
+            timings = {**runner.watch.seconds, "overhead_fraction_of_model": runner.watch.overhead_fraction()}
+            (summary_dir / "timings.json").write_text(json.dumps(timings, indent=1, sort_keys=True))
+            guard("logging timings", tracker.log_metrics, parent, {f"seconds_{k}": v for k, v in timings.items()})
             guard("logging results.md", tracker.log_text, parent, table + "\n", "results.md")
             guard("logging results.csv", tracker.log_text, parent, frame.to_csv(index=False), "results.csv")
         guard("ending the parent run", tracker.end, parent, status if guard.error is None else "FAILED")
@@ -230,7 +234,7 @@ def run_evaluation(
     return RunOutcome(
         config_hash, results, parent, summary_dir, table,
         computed=sum(r.computed for r in results), cached=sum(r.cached for r in results),
-        loaded=tuple(runner.backbones.loaded()), tracking_error=guard.error,
+        loaded=tuple(runner.backbones.loaded()), tracking_error=guard.error, timings=dict(runner.watch.seconds),
     )
 
 

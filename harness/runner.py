@@ -252,6 +252,33 @@ class _Prepared:
     shots: tuple[Sample, ...]
 
 
+class Stopwatch:
+    """Seconds spent per phase, so the harness's own overhead can be reported against model time."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, phase: str) -> "_Lap":
+        return _Lap(self, phase)
+
+    def overhead_fraction(self) -> float:
+        """(cache + metrics + logging + planning) / model time."""
+        model = self.seconds.get("model", 0.0)
+        own = sum(self.seconds.get(k, 0.0) for k in ("cache", "logging", "prepare_keys"))
+        return own / model if model > 0 else float("nan")
+
+
+class _Lap:
+    def __init__(self, watch: Stopwatch, phase: str) -> None:
+        self.watch, self.phase = watch, phase
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.watch.seconds[self.phase] = self.watch.seconds.get(self.phase, 0.0) + time.perf_counter() - self.start
+
+
 class Runner:
     """Executes a :class:`Plan`. One instance per ``mmbench run``."""
 
@@ -278,6 +305,7 @@ class Runner:
         self._prepared: set[str] = set()
         self._fingerprints: dict[str, str] | None = None
         self._meteor: Any = None
+        self.watch = Stopwatch()
 
     # ------------------------------------------------------------------ helpers
     def fingerprints(self) -> dict[str, str]:
@@ -433,10 +461,12 @@ class Runner:
             dist.barrier()
 
     def run_unit(self, unit: Unit) -> UnitResult | None:
-        prepared = self._prepare_unit(unit)
+        with self.watch("prepare_keys"):
+            prepared = self._prepare_unit(unit)
         if self.shard[1] > 1:
             self.barrier()  # all ranks see the same cache state, so "cached" means "before this run"
-        found = self.cache.get_many([p.key for p in prepared])
+        with self.watch("cache"):
+            found = self.cache.get_many([p.key for p in prepared])
         missing = [p for p in prepared if p.key not in found]
         rank, world = self.shard
         if world > 1:
@@ -447,20 +477,24 @@ class Runner:
         if missing:
             paradigm = self.instance(unit.paradigm)
             if unit.paradigm.label not in self._prepared:
-                paradigm.prepare()
+                with self.watch("prepare_paradigm"):
+                    paradigm.prepare()
                 self._prepared.add(unit.paradigm.label)
                 if self.on_prepared:
                     self.on_prepared(unit.paradigm.label, paradigm)
             bs = self.config.batch_size
             for start in range(0, len(missing), bs):
                 chunk = missing[start : start + bs]
-                built = [self._build_request(unit, p) for p in chunk]
+                with self.watch("load_inputs"):
+                    built = [self._build_request(unit, p) for p in chunk]
                 reqs = [b for b in built if isinstance(b, Request)]
-                answers = iter(self._answer(paradigm, reqs) if reqs else [])
+                with self.watch("model"):
+                    answers = iter(self._answer(paradigm, reqs) if reqs else [])
                 results = [next(answers) if isinstance(b, Request) else b for b in built]
-                self.cache.put_many(
-                    unit.name, [(p.key, p.sample.sample_id, a.to_dict()) for p, a in zip(chunk, results)]
-                )
+                with self.watch("cache"):
+                    self.cache.put_many(
+                        unit.name, [(p.key, p.sample.sample_id, a.to_dict()) for p, a in zip(chunk, results)]
+                    )
                 for p, a in zip(chunk, results):
                     found[p.key] = a.to_dict()
                 computed += len(chunk)
@@ -484,11 +518,12 @@ class Runner:
     ) -> UnitResult:
         samples = [p.sample for p in prepared]
         preds = ["" if a.error else a.text for a in answers]
-        metrics = self._metrics(unit, samples, preds)
-        if unit.task.spec.kind == "caption" and self.config.clipscore:
-            extra = self._clipscore(unit, samples, preds)
-            if extra is not None:
-                metrics = merge_metrics(metrics, extra)
+        with self.watch("metrics"):
+            metrics = self._metrics(unit, samples, preds)
+            if unit.task.spec.kind == "caption" and self.config.clipscore:
+                extra = self._clipscore(unit, samples, preds)
+                if extra is not None:
+                    metrics = merge_metrics(metrics, extra)
         rows = []
         for p, a, pred in zip(prepared, answers, preds):
             s = p.sample
@@ -528,7 +563,8 @@ class Runner:
             costs[counter] = float(total)
         result = UnitResult(unit, metrics, rows, computed, cached, costs)
         if self.on_unit:
-            self.on_unit(result)
+            with self.watch("logging"):
+                self.on_unit(result)
         return result
 
     def _metrics(self, unit: Unit, samples: list[Sample], preds: list[str]) -> MetricResult:
