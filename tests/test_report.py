@@ -137,3 +137,34 @@ def test_report_on_missing_experiment_fails_cleanly(report_store, tmp_path):
     res = CliRunner().invoke(report_cmd, ["--results-dir", str(report_store["results"]), "--experiment", "nope",
                                           "--out", str(tmp_path)])
     assert res.exit_code != 0 and "no MLflow experiment 'nope'" in res.output
+
+
+def test_compare_two_paradigms_with_the_paired_test(report_store):
+    """`mmbench compare` on two nested runs of the same task gives the paired bootstrap result."""
+    from mlflow import MlflowClient
+
+    from harness.cli import main
+    from tasks.metrics import paired_bootstrap
+
+    client = MlflowClient(tracking_uri=report_store["uri"])
+    exp = client.get_experiment_by_name("mmbench")
+    runs = client.search_runs([exp.experiment_id], "tags.`mmbench.task` = 'world_vqa' and tags.`mmbench.shots` = '1'")
+    by_paradigm = {}
+    for r in runs:  # latest run per paradigm
+        by_paradigm.setdefault(r.data.tags["mmbench.paradigm"], r)
+    a, b = by_paradigm["text_conversion/pica"], by_paradigm["text_conversion/promptcap"]
+    res = CliRunner().invoke(main, ["compare", a.info.run_id, b.info.run_id, "--results-dir", str(report_store["results"]),
+                                    "--bootstrap", "500"])
+    assert res.exit_code == 0, res.output
+    assert "overall: text_conversion/pica = " in res.output and "p = " in res.output
+    # the same numbers as the library function on the logged per-sample scores
+    from harness.compare import _rows
+
+    sa = {x["sample_id"]: x["score_overall"] for x in _rows(client, a.info.run_id)}
+    sb = {x["sample_id"]: x["score_overall"] for x in _rows(client, b.info.run_id)}
+    expected = paired_bootstrap(sa, sb, n_boot=500)
+    assert f"difference A-B = {expected.mean_diff:+.4f}" in res.output
+    other_task = client.search_runs([exp.experiment_id], "tags.`mmbench.task` = 'world_caption'")[0]
+    bad = CliRunner().invoke(main, ["compare", a.info.run_id, other_task.info.run_id, "--results-dir",
+                                    str(report_store["results"])])
+    assert bad.exit_code != 0 and "different tasks" in bad.output
