@@ -306,6 +306,7 @@ class Runner:
         self._fingerprints: dict[str, str] | None = None
         self._meteor: Any = None
         self.watch = Stopwatch()
+        self._rices: dict[str, Callable[[Sample, Sequence[Sample]], Sequence[float]]] = {}
 
     # ------------------------------------------------------------------ helpers
     def fingerprints(self) -> dict[str, str]:
@@ -348,7 +349,11 @@ class Runner:
         cached = self.cache.memo_get("shots", memo_key)
         if cached is not None and all(i in by_id for i in cached):
             return tuple(by_id[i] for i in cached)
-        similarity = self._rices_similarity(unit) if ic.strategy == "rices" else None
+        similarity = None
+        if ic.strategy == "rices":  # one closure per task, so support embeddings are computed once
+            if unit.task.fingerprint not in self._rices:
+                self._rices[unit.task.fingerprint] = self._rices_similarity(unit)
+            similarity = self._rices[unit.task.fingerprint]
         chosen = select_shots(
             sample, support, unit.shots, strategy=ic.strategy, seed=self.config.seed, trial=unit.trial,
             similarity=similarity,
@@ -375,26 +380,32 @@ class Runner:
         return similarity
 
     def _prepare_unit(self, unit: Unit) -> list[_Prepared]:
-        spec = unit.task.spec
-        gen = self.config.generation
         pfp = self._paradigm_fp(unit.paradigm)
         out = []
         for s in unit.task.dataset.samples:
-            shots = self._shots_for(unit, s)
-            prompt = spec.render_prompt(clean_text(s.question), s.choices)
-            key = sample_key(
-                paradigm=pfp,
-                task=unit.task.fingerprint,
-                sample=s.sample_id,
-                prompt=prompt,
-                shots=[(x.sample_id, x.gold_text) for x in shots],
-                generation=gen.model_dump(mode="json"),
-                max_new_tokens=spec.max_new_tokens,
-                seed=self.config.seed,
-                trial=unit.trial,
-            )
+            with self.watch("shot_selection"):  # RICES runs the scorer: model work, not harness
+                shots = self._shots_for(unit, s)
+            with self.watch("prepare_keys"):
+                prompt, key = self._key(unit, pfp, s, shots)
             out.append(_Prepared(s, key, prompt, shots))
         return out
+
+    def _key(self, unit: Unit, pfp: dict[str, Any], s: Sample, shots: tuple[Sample, ...]) -> tuple[str, str]:
+        """The sample's prompt and its cache key: everything that determines the answer."""
+        spec = unit.task.spec
+        prompt = spec.render_prompt(clean_text(s.question), s.choices)
+        key = sample_key(
+            paradigm=pfp,
+            task=unit.task.fingerprint,
+            sample=s.sample_id,
+            prompt=prompt,
+            shots=[(x.sample_id, x.gold_text) for x in shots],
+            generation=self.config.generation.model_dump(mode="json"),
+            max_new_tokens=spec.max_new_tokens,
+            seed=self.config.seed,
+            trial=unit.trial,
+        )
+        return prompt, key
 
     # -------------------------------------------------------------- computing
     def _build_request(self, unit: Unit, prep: _Prepared) -> Request | Answer:
@@ -461,8 +472,7 @@ class Runner:
             dist.barrier()
 
     def run_unit(self, unit: Unit) -> UnitResult | None:
-        with self.watch("prepare_keys"):
-            prepared = self._prepare_unit(unit)
+        prepared = self._prepare_unit(unit)
         if self.shard[1] > 1:
             self.barrier()  # all ranks see the same cache state, so "cached" means "before this run"
         with self.watch("cache"):
