@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -37,7 +37,9 @@ class TrainOptions(BaseModel):
 
     # Defaults sized for ~1-2 minutes on 2 CPU cores with SmolLM2-135M (a backward pass through
     # the frozen 135M LLM costs ~2 s for 4 captions there); raise them on a GPU.
-    steps: int = Field(40, ge=1)
+    #: 0 means "do not train": the paradigm evaluates the freshly initialised (seeded) connector,
+    #: the untrained baseline a trained connector has to beat.
+    steps: int = Field(40, ge=0)
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -46,6 +48,18 @@ class TrainOptions(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 0
     save_every: int = Field(20, ge=1)
+    #: Learning-rate multipliers by parameter-name substring (first match wins), e.g.
+    #: ``{"_gate": 10}``: Flamingo's tanh gates start at 0 and, until they open, the cross-attention
+    #: weights behind them get no gradient, so the gates are given a larger step.
+    lr_mult: dict[str, float] = Field(default_factory=dict)
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_lr_mult(self, handler: Callable[["TrainOptions"], dict[str, object]]) -> dict[str, object]:
+        """Leave an empty ``lr_mult`` out so adapter keys and answer caches made before it existed stay valid."""
+        out = handler(self)
+        if not self.lr_mult:
+            out.pop("lr_mult", None)
+        return out
 
 
 @dataclass
@@ -65,6 +79,17 @@ def lr_at(step: int, opts: TrainOptions) -> float:
     span = max(1, opts.steps - opts.warmup_steps)
     progress = min(1.0, (step - opts.warmup_steps) / span)
     return opts.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def param_groups(module: nn.Module, opts: TrainOptions) -> list[dict[str, object]]:
+    """Trainable parameters grouped by learning-rate multiplier (deterministic order, for resuming)."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        mult = next((m for sub, m in opts.lr_mult.items() if sub in name), 1.0)
+        groups.setdefault(float(mult), []).append(p)
+    return [{"params": ps, "lr_mult": m} for m, ps in sorted(groups.items())]
 
 
 def batch_indices(step: int, micro: int, n: int, opts: TrainOptions) -> list[int]:
@@ -142,8 +167,11 @@ def train(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     module.to(device).train()
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    if opts.steps < 1:
+        raise ValueError("train() needs steps >= 1 (steps: 0 means the caller evaluates the untrained module)")
+    groups = param_groups(module, opts)
+    params = [p for g in groups for p in g["params"]]  # type: ignore[attr-defined]
+    opt = torch.optim.AdamW(groups, lr=opts.lr, weight_decay=opts.weight_decay)
     curve: list[tuple[int, float]] = []
     start = 0
     elapsed_before = 0.0
@@ -165,7 +193,7 @@ def train(
         bar = tqdm(total=opts.steps, initial=start, desc="training adapter", leave=False)
     for step in range(start, opts.steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, opts)
+            g["lr"] = lr_at(step, opts) * float(g.get("lr_mult", 1.0))
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(opts.grad_accum):

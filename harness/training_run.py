@@ -25,7 +25,7 @@ def _spec_for(config: RunConfig, name: str, steps: int | None) -> ParadigmSpec:
 def log_training(tracker: Tracker, parent: str | None, label: str, paradigm: Any) -> str | None:
     """A nested run with the loss curve, trainable parameters and training time, if it trained."""
     result = getattr(paradigm, "train_result", None)
-    if result is None:
+    if result is None or not result.loss_curve:  # untrained baselines have nothing to log
         return None
     tags = {"mmbench.kind": "training", "mmbench.paradigm": label}
     run = tracker.start_child(parent, f"train {label}", tags) if parent else tracker.start_parent(f"train {label}", {}, tags)
@@ -60,6 +60,8 @@ def run_training(config: RunConfig, name: str, *, steps: int | None = None, trac
                       config.tracking.experiment, results_dir / "mlartifacts")
     run = log_training(tracker, None, planned.label, paradigm)
     r = paradigm.train_result
+    if r is None or not r.loss_curve:
+        return f"{name}: nothing trained (train.steps is 0: the untrained connector is evaluated as initialised)"
     return (f"{name}: {r.trainable_params:,} trainable parameters, {r.steps} steps, "
             f"final loss {r.loss_curve[-1][1]:.3f}, {r.seconds:.0f} s; checkpoint {paradigm.checkpoint_dir}; "
             f"MLflow run {run}")

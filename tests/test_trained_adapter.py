@@ -183,6 +183,36 @@ def test_interrupted_training_resumes_to_the_same_weights(encoder, cls, tiny_llm
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("cls", [FrozenAdapter, FlamingoAdapter])
+def test_untrained_baseline_is_the_seeded_initial_connector(encoder, cls, tiny_llm, tmp_path):
+    """``train.steps: 0`` evaluates the connector as initialised: nothing trained, loaded or stored."""
+    bb = _backbones(tiny_llm, tmp_path, encoder)
+    untrained = cls(bb, _fast(cls, steps=0), GEN)
+    untrained.prepare()  # must not load or encode the (default) training data
+    assert untrained.train_result.steps == 0 and untrained.train_result.loss_curve == []
+    assert untrained.checkpoint_dir is None and not (tmp_path / "adapters").exists()
+    init = cls(bb, _fast(cls), GEN).new_connector().state_dict()
+    got = untrained.mm.connector.state_dict()
+    assert all(torch.equal(init[k], got[k]) for k in init)
+    trained = cls(bb, _fast(cls), GEN)
+    assert untrained.fingerprint() != trained.fingerprint()
+    req = Request("a", "rocket", _skimage("rocket"), "Write a short caption.", kind="caption", max_new_tokens=4)
+    ans = untrained.answer_batch([req])[0]
+    assert ans.error is None and ans.trace["untrained"] is True and ans.trace["trained_steps"] == 0
+    assert ans.trace["final_train_loss"] is None and ans.trainable_params > 0
+
+
+def test_lr_mult_scales_matching_parameters_and_keeps_old_keys():
+    """An empty ``lr_mult`` leaves the options' dump unchanged (old adapter keys and caches stay valid)."""
+    from harness.training import param_groups
+
+    assert "lr_mult" not in TrainOptions().model_dump()
+    conn = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 2)})
+    conn.attn_gate = torch.nn.Parameter(torch.zeros(1))
+    groups = param_groups(conn, TrainOptions(lr_mult={"_gate": 10.0}))
+    assert [(g["lr_mult"], len(g["params"])) for g in groups] == [(1.0, 2), (10.0, 1)]
+
+
 def test_schedule_and_batches_are_functions_of_the_step():
     o = TrainOptions(steps=10, batch_size=4, warmup_steps=2, lr=1.0, seed=3)
     assert lr_at(0, o) == 0.5 and lr_at(1, o) == 1.0 and lr_at(9, o) < lr_at(2, o)

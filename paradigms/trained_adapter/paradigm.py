@@ -5,6 +5,11 @@ key covers connector and training options, the training data's content, the LLM'
 fingerprints), resuming an interrupted training, then loads it. Answering builds one interleaved
 sequence per sample — demonstrations (image, prompt, answer)… then the query (image, prompt) — and
 decodes greedily; multiple-choice samples are answered by the highest log-probability choice.
+
+``train.steps: 0`` is the *untrained* baseline: the connector exactly as initialised from
+``train.seed`` (Flamingo: gates at 0, so the frozen LLM plus a random ``<image>`` embedding;
+Frozen: a random prefix), with no data loaded and nothing stored. A trained connector is only worth
+its training if it beats this on held-out images.
 """
 
 from __future__ import annotations
@@ -100,12 +105,27 @@ class AdapterParadigm(Paradigm):
             )
         return conn.to(llm.device)
 
+    @property
+    def untrained(self) -> bool:
+        return self.options.train.steps == 0
+
     def prepare(self) -> None:
         if self.mm is None:
-            self.prepare_with(load_caption_pairs(self.options.data))
+            self.prepare_with([] if self.untrained else load_caption_pairs(self.options.data))
+
+    def _prepare_untrained(self) -> TrainResult:
+        """The seeded initial connector, evaluated as is (the baseline for trained connectors)."""
+        connector = self.new_connector().eval().requires_grad_(False)
+        self.mm = MultimodalLM(self.backbones.llm, connector)
+        self.checkpoint_dir = None
+        n = sum(p.numel() for p in connector.parameters())
+        self.train_result = TrainResult([], 0, 0.0, 0, n, extra={"untrained": True})
+        return self.train_result
 
     def prepare_with(self, pairs: Sequence[CaptionPair], *, on_step: Any = None, progress: bool = True) -> TrainResult:
         """Train on ``pairs`` (or load the finished checkpoint for them), then get ready to answer."""
+        if self.untrained:
+            return self._prepare_untrained()
         llm, enc = self.backbones.llm, self.backbones.vision_encoder
         key = self.checkpoint_key(pairs)
         ckpt = Path(self.backbones.cache_dir) / "adapters" / key
@@ -245,7 +265,9 @@ class AdapterParadigm(Paradigm):
             "visual_positions": n_visual,
             "connector": self.options.connector.model_dump(mode="json"),
             "adapter_checkpoint": self.checkpoint_dir.name if self.checkpoint_dir else None,
-            "final_train_loss": self.train_result.loss_curve[-1][1] if self.train_result else None,
+            "trained_steps": self.options.train.steps,
+            "untrained": self.untrained,
+            "final_train_loss": self.train_result.loss_curve[-1][1] if self.train_result and self.train_result.loss_curve else None,
             **extra,
         }
 
