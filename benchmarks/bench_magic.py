@@ -3,13 +3,23 @@
 All three run in one process on the same weights, scorer and images, so the ratios compare search
 implementations only. ``--dry-run`` uses a tiny random LM (same tokenizer) for a quick check.
 
+``--reference PATH`` instead times mmbench's MAGIC against the authors' ``magic_search``
+(yxuansu/MAGIC) on the same random GPT-2 + CLIP (transformers ``CLIPModel`` via ``HFClipScorer``),
+same images and settings, in one process, and says whether the token ids are identical. PATH is
+an adapter file (or a folder holding ``reference_adapter.py``) kept outside this repository that
+defines ``make_reference(gpt2_dir, clip_dir)``; see docs/paradigms/guided_decoding.md. Without it
+the comparison is skipped with a message. ``--size tiny`` = the faithfulness test's models;
+``--size base`` = GPT-2 base dimensions (124M-class, 49k BPE) + ViT-B/32 dimensions, random.
+
     python benchmarks/bench_magic.py --images 8 --batch 8
     python benchmarks/bench_magic.py --dry-run
+    python benchmarks/bench_magic.py --reference /tmp/magicref/reference_adapter.py --size base --images 3
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import tempfile
@@ -32,7 +42,12 @@ PROMPT = "Write a short caption for this image."
 def hardware() -> str:
     if torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name(0)}"
-    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    name = platform.processor() or platform.machine()
+    try:
+        name = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu:{name} x{torch.get_num_threads()} threads"
 
 
 def load_images(n: int) -> list[tuple[str, Any]]:
@@ -61,18 +76,137 @@ def run(para: Magic, reqs: list[Request], batch: int) -> tuple[float, list[str]]
     return time.perf_counter() - t0, texts
 
 
+# ------------------------------------------------------------------ versus the authors' code
+def build_base_gpt2(folder: Path, seed: int = 0) -> Path:
+    """GPT-2 base dimensions (12 × 768) with a 49k byte-level BPE (SmolLM2's, saved as a GPT-2
+    tokenizer with SimCTG's start/pad tokens), random weights: realistic compute, meaningless text."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+
+    from tests.test_magic_reference import EOS, PAD, SOS
+
+    src = LanguageModel.load("packaged", "smollm2-135m-instruct").tokenizer
+    bpe = json.loads(src.backend_tokenizer.to_str())["model"]
+    tok = GPT2Tokenizer(vocab=bpe["vocab"], merges=[tuple(m) for m in bpe["merges"]])
+    tok.add_tokens([SOS, PAD])
+    eos = tok.convert_tokens_to_ids(EOS)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), bos_token_id=eos, eos_token_id=eos)).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def build_base_clip(folder: Path, seed: int = 0) -> Path:
+    """ViT-B/32 dimensions (vision 12 × 768 at 224 px, text 12 × 512), random; the tests' small BPE
+    (a text encoder's cost hardly depends on its vocabulary size)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from tests.test_magic_reference import build_clip_tokenizer
+
+    tok = build_clip_tokenizer()
+    text = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id)  # fmt: skip
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config={"patch_size": 32})).eval()
+    model.save_pretrained(folder)
+    CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+def load_adapter(path: Path) -> Any | None:
+    adapter = path / "reference_adapter.py" if path.is_dir() else path
+    if not adapter.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("magic_reference_adapter", adapter)
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def versus_reference(a: argparse.Namespace) -> None:
+    """mmbench's MAGIC (batched, one at a time) vs the authors' magic_search, same weights and images."""
+    mod = load_adapter(Path(a.reference))
+    if mod is None:
+        print(f"reference implementation not found at {a.reference}: skipping the comparison with the authors' code")
+        return
+    import sys
+
+    sys.path.insert(0, str(REPO))  # the tiny models and the authors' settings live with the faithfulness test
+    from harness.models.hf_clip import HFClipScorer
+    from tests.test_magic_reference import _Backbones, build_clip, build_gpt2, run_mmbench, skimage_images
+    tmp = Path(tempfile.mkdtemp())
+    if a.size == "tiny":
+        g, c = build_gpt2(tmp / "gpt2"), build_clip(tmp / "clip")
+    else:
+        g, c = build_base_gpt2(tmp / "gpt2"), build_base_clip(tmp / "clip")
+    setting = {"name": "coco", "k": a.k, "alpha": 0.1, "beta": 2.0, "decoding_len": a.tokens, "window": 60}
+    base = list(skimage_images().items())
+    names = [f"{base[i % len(base)][0]}" for i in range(a.images)]
+    names = list(dict.fromkeys(names))  # MAGIC's caption of an image is deterministic: distinct images only
+    imgs = dict(base)
+    ref = mod.make_reference(g, c)
+    bb = _Backbones(LanguageModel.load("local", str(g), dtype="float32", device="cpu"), HFClipScorer(str(c), device="cpu"))
+    kw = dict(k=setting["k"], alpha=0.1, beta=2.0, decoding_len=a.tokens, window=60)
+    ref(imgs[names[0]], **kw)  # warm-up both
+    run_mmbench(bb, setting, (names[0],))
+
+    t0 = time.perf_counter()
+    ref_ids = {n: ref(imgs[n], **kw)[0] for n in names}
+    t_ref = time.perf_counter() - t0
+    times, ids = {}, {}
+    for label, batch in (("mmbench_one_at_a_time", 1), ("mmbench_batched", len(names))):
+        bb.scorer._image_cache.clear()  # the reference embeds each image per caption; so do we
+        t0 = time.perf_counter()
+        got = run_mmbench(bb, setting, tuple(names), decode_batch=batch)
+        times[label] = time.perf_counter() - t0
+        ids[label] = {n: v[0] for n, v in got.items()}
+    cps = {"reference_authors": len(names) / t_ref, **{k: len(names) / v for k, v in times.items()}}
+    result = {
+        "hardware": hardware(),
+        "torch_threads": torch.get_num_threads(),
+        "what": "captions/s of mmbench's MAGIC vs the authors' magic_search (yxuansu/MAGIC), same process, "
+        "same random GPT-2 + CLIP weights, same images and settings",
+        "size": a.size,
+        "models": {
+            "gpt2_params": sum(p.numel() for p in bb.llm.model.parameters()),
+            "clip_params": sum(p.numel() for p in bb.scorer._load()[0].parameters()),
+        },
+        "settings": {**kw, "images": names},
+        "captions_per_s": cps,
+        "ratio_mmbench_over_reference": {k: cps[k] / cps["reference_authors"] for k in times},
+        "identical_token_ids": {k: v == ref_ids for k, v in ids.items()},
+        "ids": {"reference": ref_ids, **ids},
+        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "ids"}, indent=2))
+    out = REPO / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    path = out / f"magic_{dev}.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old[a.size] = result
+    path.write_text(json.dumps(old, indent=1) + "\n")
+    print(f"wrote {path} [{a.size}]")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--k", type=int, default=45)
-    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=16, help="new tokens; with --reference the authors' decoding_len (start token counted)")
     ap.add_argument("--naive-images", type=int, default=2, help="naive path is slow: time it on fewer images")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--dry-run", action="store_true", help="tiny random LM, 2 images, k=8, 4 tokens")
+    ap.add_argument("--reference", help="adapter to the authors' MAGIC (file or folder): time mmbench against it")
+    ap.add_argument("--size", choices=("tiny", "base"), default="tiny", help="with --reference: model size")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.reference:
+        versus_reference(a)
+        return
     bb = Backbones(ModelsConfig())
     if a.dry_run:
         a.images, a.batch, a.k, a.tokens, a.naive_images = 2, 2, 8, 4, 1

@@ -64,6 +64,10 @@ class Backbones:
             from harness.models.scorer import OpenClipScorer
 
             return OpenClipScorer(c.model, c.pretrained)
+        if c.kind == "hf_clip":
+            from harness.models.hf_clip import HFClipScorer
+
+            return HFClipScorer(c.model)
         from harness.models.scorer import TagEmbeddingScorer
 
         return TagEmbeddingScorer(tools=self.tools, embedder=self.text_embedder)
@@ -104,6 +108,10 @@ class Backbones:
             from harness.models.scorer import OpenClipScorer
 
             fp["scorer"] = OpenClipScorer(c.scorer.model, c.scorer.pretrained).fingerprint()
+        elif c.scorer.kind == "hf_clip":
+            from harness.models.hf_clip import HFClipScorer
+
+            fp["scorer"] = HFClipScorer(c.scorer.model).fingerprint()
         else:
             from harness.models.scorer import TagEmbeddingScorer
 

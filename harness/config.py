@@ -37,7 +37,8 @@ class LLMSource(Strict):
 
 
 class ScorerSource(Strict):
-    kind: Literal["tag-minilm", "open_clip"] = "tag-minilm"
+    # hf_clip: transformers' CLIPModel; ``model`` is a hub id (e.g. openai/clip-vit-base-patch32) or folder
+    kind: Literal["tag-minilm", "open_clip", "hf_clip"] = "tag-minilm"
     model: str = "ViT-B-32"
     pretrained: str = "openai"
 

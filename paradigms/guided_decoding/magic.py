@@ -13,6 +13,7 @@ from harness.registry import register_paradigm
 from paradigms.guided_decoding.common import (
     ImageEmbeddings,
     TextEmbeddingMemo,
+    PreparedPrompt,
     build_prompt,
     cosine_to_images,
     cut_answer,
@@ -39,6 +40,17 @@ class MagicOptions(BaseModel):
     )
     caption_prefix: str = Field("A", description="words that start every caption (MAGIC: its LM's start token)")
     chat: bool = Field(True, description="wrap the task prompt in the LLM's chat template")
+    start_text: str | None = Field(
+        None,
+        description="captions only: the LM prompt is exactly this text (the authors: their caption LM's start "
+        "token '<-start_of_text->'); task prompt, chat template and caption_prefix unused, the scorer "
+        "sees generated tokens only",
+    )
+    scorer_special_tokens: bool = Field(
+        False,
+        description="decode special tokens as text in what the scorer reads (the authors do: an end-token "
+        "candidate is scored as '<|endoftext|>'); False drops them",
+    )
     reuse_kv_cache: bool = Field(True, description="False = recompute the prefix per candidate (naive; same answers)")
     decode_batch: int = Field(8, ge=1, description="images decoded together (memory bound; never changes answers)")
 
@@ -105,7 +117,13 @@ class Magic(Paradigm):
         lm = self._language_model()
         tok = lm.tokenizer
         scorer = self.backbones.scorer
-        prompts = [build_prompt(lm, r, chat=o.chat, caption_prefix=o.caption_prefix) for r in reqs]
+        prompts = [
+            PreparedPrompt(lm_prompt=o.start_text, answer_prefix="")
+            if o.start_text is not None and r.kind == "caption"
+            else build_prompt(lm, r, chat=o.chat, caption_prefix=o.caption_prefix)
+            for r in reqs
+        ]
+        skip_special = not o.scorer_special_tokens
         images = ImageEmbeddings(scorer, reqs).stack([r.image_id for r in reqs])
         texts = TextEmbeddingMemo(scorer)
         scale = float(o.scorer_logit_scale or scorer.logit_scale)
@@ -115,7 +133,7 @@ class Magic(Paradigm):
             strings = []
             for r, g, cs in zip(rows, gen, cands.tolist()):
                 window = [(g + [c])[-o.scorer_window :] for c in cs]
-                strings += [prompts[r].answer_prefix + s for s in tok.batch_decode(window, skip_special_tokens=True)]
+                strings += [prompts[r].answer_prefix + s for s in tok.batch_decode(window, skip_special_tokens=skip_special)]
             emb = texts(strings).view(len(rows), cands.shape[1], -1)
             return scale * cosine_to_images(images[list(rows)], emb)
 
