@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from harness.config import stable_hash
 
@@ -101,6 +101,27 @@ def sample_key(**parts: Any) -> str:
     return stable_hash(parts, n=32)
 
 
+def _retry_locked(step: Callable[[], Any], patience_s: float = 60.0) -> Any:
+    """Run a setup statement, retrying while another process holds the file.
+
+    Switching to WAL mode (and creating the schema) takes an exclusive lock that SQLite's busy
+    handler does not always wait for, so two ranks of a torchrun job opening a fresh cache at the
+    same moment would otherwise see 'database is locked' immediately.
+    """
+    deadline = time.monotonic() + patience_s
+    delay = 0.01
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) and "busy" not in str(err):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
 class ResultCache:
     """Answers and memoised derived values (metrics, shot selections) in one SQLite file."""
 
@@ -108,9 +129,10 @@ class ResultCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=60000")
+        _retry_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        _retry_locked(lambda: self._db.executescript(SCHEMA))
 
     def close(self) -> None:
         self._db.close()

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,15 +124,22 @@ def _convert_packaged(name: str, cache_dir: Path) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    # A folder per process: torchrun ranks (or two runs) may convert at the same moment.
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    tmp.rename(target)  # atomic: a killed conversion never leaves a half-written cache
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        tmp.rename(target)  # atomic: a killed conversion never leaves a half-written cache
+    except OSError:
+        # Another process finished first; its copy is identical, keep it.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "model.safetensors").exists():
+            raise
     return target
 
 

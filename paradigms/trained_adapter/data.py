@@ -7,6 +7,7 @@ checkpoint so an interrupted training resumes without re-encoding.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -95,7 +96,7 @@ def encode_images(
             out[i] = f.detach().to("cpu", torch.float16).clone()
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(cache_file.name + ".tmp")
+        tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")  # ranks may write at once
         save_file(out, str(tmp))
         tmp.replace(cache_file)
     return out
