@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ModelsConfig
-from harness.models.llm import LanguageModel, default_cache_dir, llm_fingerprint
+from harness.models.llm import LanguageModel, default_cache_dir, engine_requested, llm_fingerprint, model_type_hint
 
 
 class Backbones:
@@ -35,6 +35,7 @@ class Backbones:
             device=c.device,
             trust_remote_code=c.trust_remote_code,
             cache_dir=self.cache_dir,
+            engine=c.engine,
         )
 
     @cached_property
@@ -100,6 +101,9 @@ class Backbones:
         dtype = str(_resolve_dtype(c.llm.dtype, device)).replace("torch.", "")
         # The resolved dtype and device type change numerics; the number of devices does not.
         fp = {"llm": llm_fingerprint(c.llm.source, c.llm.name, c.llm.revision) + f":{dtype}:{device.split(':')[0]}"}
+        hint = model_type_hint(c.llm.source, c.llm.name, c.llm.revision) if device.startswith("cuda") else None
+        if engine_requested(c.llm.engine, device, hint) == "static":
+            fp["llm"] += ":static-engine"  # its float rounding may differ from generate()'s in low bits
         embedder = TextEmbedder.load(c.text_embedder.source, c.text_embedder.name)
         tools = ToolBox()
         fp["text_embedder"] = embedder.fingerprint()

@@ -34,6 +34,10 @@ class LLMSource(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
+    # Greedy decoding engine: "static" = static KV cache + CUDA-graph decode loop (harness/models/
+    # decode_engine.py; Llama family), "hf" = transformers' generate(), "auto" = static on CUDA when
+    # the architecture is supported, else hf.
+    engine: Literal["auto", "hf", "static"] = "auto"
 
 
 class ScorerSource(Strict):
@@ -138,6 +142,8 @@ class RunConfig(Strict):
         d = self.model_dump(mode="json")
         for k in ("results_dir", "tracking", "batch_size", "name"):
             d.pop(k, None)
+        if d.get("models", {}).get("llm", {}).get("engine") == "auto":
+            d["models"]["llm"].pop("engine")  # the default: keeps hashes of older configs unchanged
         return d
 
     def config_hash(self) -> str:

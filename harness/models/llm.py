@@ -155,10 +155,41 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def model_type_hint(source: str, name: str, revision: str | None = None) -> str | None:
+    """The architecture (config ``model_type``) without loading weights; None when unknown."""
+    if source == "packaged":
+        return "llama" if name in PACKAGED_LLMS else None
+    try:
+        if source == "local":
+            return json.loads((Path(name) / "config.json").read_text()).get("model_type")
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(name, revision=revision).model_type
+    except Exception:  # unknown: the loader reports real problems when it runs
+        return None
+
+
+def engine_requested(engine: str, device: str, model_type: str | None = None) -> str:
+    """The decode engine a config asks for on ``device``: "static" or "hf".
+
+    "auto" means the static engine on CUDA (where launch overhead dominates decoding) for the
+    architectures it supports, and generate() elsewhere.
+    """
+    from harness.models.decode_engine import SUPPORTED_TYPES
+
+    if engine != "auto":
+        return engine
+    if not device.startswith("cuda"):
+        return "hf"
+    return "static" if model_type is None or model_type in SUPPORTED_TYPES else "hf"
+
+
 class LanguageModel:
     """A causal LM with its tokenizer, shared by all paradigms of a run."""
 
-    def __init__(self, model: Any, tokenizer: Any, fingerprint: str, name: str) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, fingerprint: str, name: str, *, engine: str = "hf"
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.fingerprint = fingerprint
@@ -168,6 +199,20 @@ class LanguageModel:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self._decoder: Any = None
+        self.engine = "hf"
+        if engine in ("static", "auto"):
+            from harness.models.decode_engine import EngineUnsupported, StaticDecoder
+
+            device = str(self.device)
+            if engine_requested(engine, device, getattr(model.config, "model_type", None)) == "static":
+                try:
+                    self._decoder = StaticDecoder(self.model, sorted(self._eos_ids()), self.tokenizer.pad_token_id)
+                    self.engine = "static"
+                except EngineUnsupported as exc:
+                    if engine == "static":
+                        raise ModelUnavailable(f"LLM {name!r}: engine 'static' unavailable: {exc}") from exc
+                    log.warning("LLM %s: static engine unavailable (%s); using generate()", name, exc)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -181,6 +226,7 @@ class LanguageModel:
         device: str = "auto",
         trust_remote_code: bool = False,
         cache_dir: Path | None = None,
+        engine: str = "hf",
     ) -> "LanguageModel":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -209,7 +255,7 @@ class LanguageModel:
             )
         except OSError as exc:
             raise ModelUnavailable(f"cannot load LLM {name!r} ({source}): {exc}") from exc
-        return cls(model.to(device), tok, fingerprint, name)
+        return cls(model.to(device), tok, fingerprint, name, engine=engine)
 
     # --------------------------------------------------------------- prompting
     @property
@@ -262,6 +308,8 @@ class LanguageModel:
     def _generate_batch(self, prompts: Sequence[str], settings: GenerationSettings) -> list[Generation]:
         enc = self._encode(prompts)
         n_in = enc["attention_mask"].sum(dim=1).tolist()
+        if self._decoder is not None and settings.greedy:
+            return self._generate_static(enc, n_in, settings)
         gen_kwargs: dict[str, Any] = {
             "max_new_tokens": settings.max_new_tokens,
             "do_sample": not settings.greedy,
@@ -275,26 +323,44 @@ class LanguageModel:
             gen_kwargs["stop_strings"] = list(settings.stop)
             gen_kwargs["tokenizer"] = self.tokenizer
         seqs = self.model.generate(**enc, **gen_kwargs)
-        new = seqs[:, enc["input_ids"].shape[1] :]
+        return self._report(seqs[:, enc["input_ids"].shape[1] :].tolist(), n_in, tuple(settings.stop))
+
+    def _report(self, rows: list[list[int]], n_in: list[int], stop: tuple[str, ...]) -> list[Generation]:
+        """Text and token counts of generated rows, the same whichever engine or batch produced them."""
         eos_ids = self._eos_ids()
         gens = []
-        for row, nin in zip(new, n_in):
-            ids = row.tolist()
+        for ids, nin in zip(rows, n_in):
             # Trim everything from the first EOS/pad on (batch-mates may have run longer).
             cut = next((j for j, t in enumerate(ids) if t in eos_ids), None)
             hit_eos = cut is not None
             ids = ids[:cut] if hit_eos else ids
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            text, hit_stop = cut_at_stop(text, settings.stop)
-            gens.append(
-                Generation(
-                    text=text,
-                    tokens_in=int(nin),
-                    tokens_out=len(ids) + (1 if hit_eos else 0),
-                    finished=hit_eos or hit_stop,
+            text, hit_stop = cut_at_stop(text, stop)
+            n_out = len(ids) + (1 if hit_eos else 0)
+            if hit_stop:
+                # The row ended with the token that completed the stop string; what follows (padding
+                # in a batch, further tokens in the static engine) was never part of the answer.
+                n_out = next(
+                    j for j in range(1, len(ids) + 1)
+                    if any(s in self.tokenizer.decode(ids[:j], skip_special_tokens=True) for s in stop)
                 )
-            )
+            gens.append(Generation(text=text, tokens_in=int(nin), tokens_out=n_out, finished=hit_eos or hit_stop))
         return gens
+
+    def _generate_static(
+        self, enc: dict[str, torch.Tensor], n_in: list[int], settings: GenerationSettings
+    ) -> list[Generation]:
+        """The static engine's greedy tokens, reported exactly as the generate() path reports them."""
+        stop = tuple(settings.stop)
+
+        def stopped(ids: torch.Tensor) -> list[bool]:
+            texts = self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
+            return [any(s in t for s in stop) for t in texts]
+
+        new = self._decoder.generate(
+            enc["input_ids"], enc["attention_mask"], settings.max_new_tokens, stop_check=stopped if stop else None
+        )
+        return self._report(new.tolist(), n_in, stop)
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
