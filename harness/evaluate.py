@@ -136,6 +136,23 @@ def distributed_context() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def resource_usage(computed: int, model_seconds: float) -> dict[str, float | int | None]:
+    """Peak memory of this process and model throughput, for the cost columns people compare."""
+    import resource
+
+    import torch
+
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else None
+    return {
+        "samples_computed": computed,
+        "model_seconds": model_seconds,
+        "samples_per_model_second": computed / model_seconds if model_seconds > 0 else None,
+        "peak_rss_mb": peak_kb / 1024,
+        "cuda_peak_allocated_mb": cuda_peak,
+    }
+
+
 def run_evaluation(
     config: RunConfig,
     *,
@@ -226,6 +243,10 @@ def run_evaluation(
             timings = {**runner.watch.seconds, "overhead_fraction_of_model": runner.watch.overhead_fraction()}
             (summary_dir / "timings.json").write_text(json.dumps(timings, indent=1, sort_keys=True))
             guard("logging timings", tracker.log_metrics, parent, {f"seconds_{k}": v for k, v in timings.items()})
+            usage = resource_usage(sum(r.computed for r in results), runner.watch.seconds.get("model", 0.0))
+            (summary_dir / "resources.json").write_text(json.dumps(usage, indent=1, sort_keys=True))
+            guard("logging resources", tracker.log_metrics, parent,
+                  {k: v for k, v in usage.items() if isinstance(v, (int, float))})
             guard("logging results.md", tracker.log_text, parent, table + "\n", "results.md")
             guard("logging results.csv", tracker.log_text, parent, frame.to_csv(index=False), "results.csv")
         guard("ending the parent run", tracker.end, parent, status if guard.error is None else "FAILED")
