@@ -471,6 +471,24 @@ class Runner:
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
 
+    def _prepare_paradigm(self, unit: Unit) -> None:
+        """Run the paradigm's one-time set-up (training, LM adaptation, conversions).
+
+        With several processes rank 0 goes first: what prepare() trains or converts is cached on
+        disk, so the other ranks then load it rather than repeating the work on the same files.
+        """
+        paradigm = self.instance(unit.paradigm)
+        rank, world = self.shard
+        if world > 1 and rank != 0:
+            self.barrier()
+        with self.watch("prepare_paradigm"):
+            paradigm.prepare()
+        if world > 1 and rank == 0:
+            self.barrier()
+        self._prepared.add(unit.paradigm.label)
+        if self.on_prepared:
+            self.on_prepared(unit.paradigm.label, paradigm)
+
     def run_unit(self, unit: Unit) -> UnitResult | None:
         prepared = self._prepare_unit(unit)
         if self.shard[1] > 1:
@@ -484,14 +502,11 @@ class Runner:
         n_cached = len(prepared) - sum(1 for p in prepared if p.key not in found)
         bar = _progress(len(prepared), n_cached, unit.name, self.progress)
         computed = 0
+        if n_cached < len(prepared) and unit.paradigm.label not in self._prepared:
+            # Decided on what every rank sees (not on this rank's shard), so all ranks take part.
+            self._prepare_paradigm(unit)
         if missing:
             paradigm = self.instance(unit.paradigm)
-            if unit.paradigm.label not in self._prepared:
-                with self.watch("prepare_paradigm"):
-                    paradigm.prepare()
-                self._prepared.add(unit.paradigm.label)
-                if self.on_prepared:
-                    self.on_prepared(unit.paradigm.label, paradigm)
             bs = self.config.batch_size
             for start in range(0, len(missing), bs):
                 chunk = missing[start : start + bs]
