@@ -1,14 +1,20 @@
-"""The ``guided_decoding/magic`` paradigm: MAGIC search of the shared LLM, steered by the shared scorer."""
+"""The ``guided_decoding/magic`` paradigm: MAGIC search of the shared LLM, steered by the shared scorer.
+
+With ``adapt_lm`` set, captions are decoded by a copy of the shared LLM fine-tuned on caption
+text (MAGIC's LM domain adaptation, ``lm_adaptation.py``), from the adaptation's start text.
+"""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.interface import Answer, Paradigm, Request
+from harness.models.llm import default_cache_dir
 from harness.registry import register_paradigm
 from paradigms.guided_decoding.common import (
     ImageEmbeddings,
@@ -19,6 +25,16 @@ from paradigms.guided_decoding.common import (
     cut_answer,
     encode_left_padded,
     eos_ids,
+)
+from paradigms.guided_decoding.lm_adaptation import (
+    AdaptationOptions,
+    AdaptedLM,
+    CaptionCorpus,
+    adapt_language_model,
+    adaptation_key,
+    base_llm_identity,
+    load_corpus,
+    load_heldout,
 )
 from paradigms.guided_decoding.magic_search import magic_search
 
@@ -53,6 +69,11 @@ class MagicOptions(BaseModel):
     )
     reuse_kv_cache: bool = Field(True, description="False = recompute the prefix per candidate (naive; same answers)")
     decode_batch: int = Field(8, ge=1, description="images decoded together (memory bound; never changes answers)")
+    adapt_lm: AdaptationOptions | None = Field(
+        None,
+        description="MAGIC's LM domain adaptation: captions are decoded by a copy of the shared LLM fine-tuned "
+        "(SimCTG) on caption text, starting from start_text or else text_format.start_text; None = the shared LLM",
+    )
 
 
 #: Options that only change speed or memory, never an answer (kept out of the cache key).
@@ -69,57 +90,104 @@ class Magic(Paradigm):
 
     def __init__(self, backbones: Any, options: MagicOptions, generation: Any) -> None:
         super().__init__(backbones, options, generation)
-        self._lm: Any = None
-        self._adaptation: dict[str, Any] = {"used": False}
+        self._adapted: AdaptedLM | None = None
+        self._plan: tuple[CaptionCorpus, str] | None = None
+        self.train_result: Any = None  # set when adapting: harness.training_run logs it to MLflow
+        self.checkpoint_dir: Any = None
 
     def fingerprint(self) -> dict[str, Any]:
-        opts = {k: v for k, v in self.options.model_dump(mode="json").items() if k not in SPEED_ONLY}
-        return {"paradigm": self.name, "options": opts, "lm_adapted": False}
+        dump = self.options.model_dump(mode="json")
+        # adapt_lm is represented by its key (base LLM, captions' content, training options); left
+        # out when unset so answers cached before the option existed stay valid.
+        opts = {k: v for k, v in dump.items() if k not in SPEED_ONLY and k != "adapt_lm"}
+        return {"paradigm": self.name, "options": opts, "lm_adapted": self.adaptation_key() or False}
+
+    def adaptation_key(self) -> str | None:
+        """The adapted LM's cache key (computed from the config and the captions; loads no model)."""
+        o = self.options.adapt_lm
+        if o is None:
+            return None
+        if self._plan is None:
+            corpus = load_corpus(o)
+            self._plan = (corpus, adaptation_key(base_llm_identity(self.backbones), corpus.digest, o))
+        return self._plan[1]
 
     def prepare(self) -> None:
-        self._lm = self._language_model()
+        o = self.options.adapt_lm
+        if o is None or self._adapted is not None:
+            return
+        self.adaptation_key()
+        assert self._plan is not None
+        corpus, key = self._plan
+        self._adapted = adapt_language_model(
+            self.backbones.llm,
+            corpus,
+            o,
+            Path(getattr(self.backbones, "cache_dir", None) or default_cache_dir()),
+            base_identity=base_llm_identity(self.backbones),
+            heldout=load_heldout(o),
+        )
+        assert self._adapted.key == key
+        self.train_result = self._adapted.train_result()
+        self.checkpoint_dir = self._adapted.directory
 
-    def _language_model(self) -> Any:
-        # MAGIC's LM domain adaptation (fine-tuning on caption text) is not built yet: the shared
-        # LLM is used as is, and every trace says so.
-        if self._lm is None:
-            self._lm = self.backbones.llm
-        return self._lm
+    def _uses_adapted(self, r: Request) -> bool:
+        """Only captions: the adapted copy was trained to write captions from its start text."""
+        return self.options.adapt_lm is not None and r.kind == "caption"
+
+    def _adaptation_trace(self, r: Request) -> dict[str, Any]:
+        if self.options.adapt_lm is None:
+            return {"used": False}
+        if self._adapted is None or not self._uses_adapted(r):
+            return {"used": False, "key": self.adaptation_key(),
+                    "reason": f"the adapted LM answers captions only; this request is {r.kind}"}
+        return self._adapted.trace()
 
     def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
+        if any(self._uses_adapted(r) for r in requests):
+            self.prepare()
         answers: list[Answer | None] = [None] * len(requests)
-        ok: list[int] = []
+        groups: dict[bool, list[int]] = {}
         for i, r in enumerate(requests):
             if r.image is None:
                 answers[i] = Answer.failed("no image: MAGIC needs an image to score candidates against")
             else:
-                ok.append(i)
+                groups.setdefault(self._uses_adapted(r), []).append(i)
         step = self.options.decode_batch
-        for start in range(0, len(ok), step):
-            chunk = ok[start : start + step]
-            try:
-                for i, a in zip(chunk, self._answer_chunk([requests[i] for i in chunk])):
-                    answers[i] = a
-            except Exception as exc:  # one bad chunk: retry its samples one by one
-                if len(chunk) == 1:
-                    answers[chunk[0]] = Answer.failed(f"{type(exc).__name__}: {exc}")
-                    continue
-                for i in chunk:
-                    try:
-                        answers[i] = self._answer_chunk([requests[i]])[0]
-                    except Exception as exc1:
-                        answers[i] = Answer.failed(f"{type(exc1).__name__}: {exc1}")
+        for ok in groups.values():  # one LM per chunk
+            for start in range(0, len(ok), step):
+                chunk = ok[start : start + step]
+                try:
+                    for i, a in zip(chunk, self._answer_chunk([requests[i] for i in chunk])):
+                        answers[i] = a
+                except Exception as exc:  # one bad chunk: retry its samples one by one
+                    if len(chunk) == 1:
+                        answers[chunk[0]] = Answer.failed(f"{type(exc).__name__}: {exc}")
+                        continue
+                    for i in chunk:
+                        try:
+                            answers[i] = self._answer_chunk([requests[i]])[0]
+                        except Exception as exc1:
+                            answers[i] = Answer.failed(f"{type(exc1).__name__}: {exc1}")
         return [a if a is not None else Answer.failed("not answered") for a in answers]
 
     def _answer_chunk(self, reqs: Sequence[Request]) -> list[Answer]:
         o = self.options
         t0 = time.perf_counter()
-        lm = self._language_model()
+        adapted = self._uses_adapted(reqs[0])
+        if any(self._uses_adapted(r) != adapted for r in reqs):
+            raise ValueError("a decode chunk mixes requests for the adapted and the shared LM")
+        if adapted:
+            assert self._adapted is not None and o.adapt_lm is not None
+            lm = self._adapted.llm
+        else:
+            lm = self.backbones.llm
+        start_text = o.start_text if o.start_text is not None or not adapted else o.adapt_lm.text_format.start_text
         tok = lm.tokenizer
         scorer = self.backbones.scorer
         prompts = [
-            PreparedPrompt(lm_prompt=o.start_text, answer_prefix="")
-            if o.start_text is not None and r.kind == "caption"
+            PreparedPrompt(lm_prompt=start_text, answer_prefix="")
+            if start_text is not None and r.kind == "caption"
             else build_prompt(lm, r, chat=o.chat, caption_prefix=o.caption_prefix)
             for r in reqs
         ]
@@ -167,12 +235,13 @@ class Magic(Paradigm):
                     latency_s=share,
                     llm_tokens_in=int(mask[b].sum()),
                     llm_tokens_out=len(gen),
+                    trainable_params=int(self._adapted.meta["trainable_params"]) if adapted and self._adapted else 0,
                     trace={
                         "lm_prompt": p.lm_prompt,
                         "answer_prefix": p.answer_prefix,
                         "scorer": getattr(scorer, "name", type(scorer).__name__),
                         "scorer_logit_scale": scale,
-                        "lm_adaptation": self._adaptation,
+                        "lm_adaptation": self._adaptation_trace(r),
                         "steps": [
                             {**s, "text": tok.decode([s["token"]])} for s in res.steps[b][: n_new[b] + 1]
                         ],
