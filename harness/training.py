@@ -144,9 +144,13 @@ def load_weights(module: nn.Module, path: Path) -> None:
     module.load_state_dict(load_file(str(path)), strict=True)
 
 
+#: What a loss function returns: the loss, or the loss and named parts to log as curves of their own.
+LossOut = torch.Tensor | tuple[torch.Tensor, dict[str, float]]
+
+
 def train(
     module: nn.Module,
-    loss_fn: Callable[[Sequence[int]], torch.Tensor],
+    loss_fn: Callable[[Sequence[int]], LossOut],
     n_examples: int,
     opts: TrainOptions,
     ckpt_dir: Path,
@@ -155,10 +159,13 @@ def train(
     device: torch.device | str = "cpu",
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    desc: str = "training adapter",
 ) -> TrainResult:
     """Train ``module`` for ``opts.steps`` steps, resuming from ``ckpt_dir`` if a state is there.
 
-    ``loss_fn(indices)`` returns the mean loss of those examples (the caller owns the data);
+    ``loss_fn(indices)`` returns the mean loss of those examples (the caller owns the data), or
+    ``(loss, parts)`` where ``parts`` are named components (e.g. BLIP-2's ITC/ITM/ITG losses) whose
+    curves are kept beside the total's (``TrainResult.extra["parts_curve"]``, also across a resume);
     ``frozen`` modules are asserted to receive no gradient. ``on_step(step, loss)`` is called after
     each optimiser step (tests use it to simulate a crash). Returns the loss curve [(step, loss)].
     """
@@ -173,6 +180,7 @@ def train(
     params = [p for g in groups for p in g["params"]]  # type: ignore[attr-defined]
     opt = torch.optim.AdamW(groups, lr=opts.lr, weight_decay=opts.weight_decay)
     curve: list[tuple[int, float]] = []
+    parts_curve: dict[str, list[tuple[int, float]]] = {}
     start = 0
     elapsed_before = 0.0
     state_path, meta_path = ckpt_dir / STATE_FILE, ckpt_dir / STATE_META
@@ -183,6 +191,7 @@ def train(
         _restore_optimizer(opt, tensors, meta["param_groups"])
         start = int(meta["step"])
         curve = [(int(s), float(l)) for s, l in meta["loss_curve"]]
+        parts_curve = _read_parts(meta)
         elapsed_before = float(meta.get("seconds", 0.0))
     use_amp = device.type == "cuda"
     t0 = time.perf_counter()
@@ -190,24 +199,31 @@ def train(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=opts.steps, initial=start, desc="training adapter", leave=False)
+        bar = tqdm(total=opts.steps, initial=start, desc=desc, leave=False)
     for step in range(start, opts.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, opts) * float(g.get("lr_mult", 1.0))
         opt.zero_grad(set_to_none=True)
         total = 0.0
+        part_sums: dict[str, float] = {}
         for micro in range(opts.grad_accum):
             idx = batch_indices(step, micro, n_examples, opts)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                loss = loss_fn(idx) / opts.grad_accum
+                out = loss_fn(idx)
+                loss, parts = out if isinstance(out, tuple) else (out, {})
+                loss = loss / opts.grad_accum
             loss.backward()
             total += float(loss.detach())
+            for k, v in parts.items():
+                part_sums[k] = part_sums.get(k, 0.0) + float(v) / opts.grad_accum
         for m in frozen:
             if any(p.grad is not None for p in m.parameters()):
                 raise RuntimeError("a frozen module received gradients")
         torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
         opt.step()
         curve.append((step + 1, total))
+        for k, v in part_sums.items():
+            parts_curve.setdefault(k, []).append((step + 1, v))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{total:.3f}")
@@ -216,7 +232,8 @@ def train(
             opt_t, opt_meta = _optimizer_tensors(opt)
             _atomic_save({**{f"w.{k}": v for k, v in module.state_dict().items()}, **opt_t}, state_path)
             _atomic_json(
-                {"step": done, "loss_curve": curve, "seconds": elapsed_before + time.perf_counter() - t0, **opt_meta},
+                {"step": done, "loss_curve": curve, "seconds": elapsed_before + time.perf_counter() - t0,
+                 **_parts_meta(parts_curve), **opt_meta},
                 meta_path,
             )
         if on_step is not None:
@@ -228,12 +245,22 @@ def train(
     n_params = sum(p.numel() for p in params)
     save_weights(module, ckpt_dir / FINAL_FILE)
     _atomic_json(
-        {"steps": opts.steps, "loss_curve": curve, "seconds": seconds, "resumed_from": start, "trainable_params": n_params},
+        {"steps": opts.steps, "loss_curve": curve, "seconds": seconds, "resumed_from": start, "trainable_params": n_params,
+         **_parts_meta(parts_curve)},
         ckpt_dir / FINAL_META,
     )
     for p in (state_path, meta_path):
         p.unlink(missing_ok=True)
-    return TrainResult(curve, opts.steps, seconds, start, n_params)
+    return TrainResult(curve, opts.steps, seconds, start, n_params, extra=_parts_meta(parts_curve))
+
+
+def _parts_meta(parts_curve: dict[str, list[tuple[int, float]]]) -> dict[str, object]:
+    """``{"parts_curve": ...}`` when the loss has named parts; nothing otherwise (metas stay as they were)."""
+    return {"parts_curve": parts_curve} if parts_curve else {}
+
+
+def _read_parts(meta: dict) -> dict[str, list[tuple[int, float]]]:
+    return {k: [(int(s), float(v)) for s, v in c] for k, c in meta.get("parts_curve", {}).items()}
 
 
 def load_result(ckpt_dir: Path) -> TrainResult | None:
@@ -248,4 +275,5 @@ def load_result(ckpt_dir: Path) -> TrainResult | None:
         float(m["seconds"]),
         int(m.get("resumed_from", 0)),
         int(m.get("trainable_params", 0)),
+        extra=_parts_meta(_read_parts(m)),
     )

@@ -36,10 +36,25 @@ def log_training(tracker: Tracker, parent: str | None, label: str, paradigm: Any
         "resumed_from": result.resumed_from,
     })
     tracker.log_series(run, "train_loss", result.loss_curve)
+    _log_parts(tracker, run, "train", result)
     tracker.log_metrics(run, {"trainable_params": float(result.trainable_params), "train_seconds": result.seconds,
                               "train_steps": float(result.steps)})
+    stage1 = getattr(paradigm, "stage1_result", None)  # BLIP-2's stage 1, when it ran before this training
+    if stage1 is not None and stage1.loss_curve:
+        tracker.log_params(run, {"stage1_checkpoint": str(getattr(paradigm, "stage1_dir", "")),
+                                 "stage1_resumed_from": stage1.resumed_from})
+        tracker.log_series(run, "stage1_loss", stage1.loss_curve)
+        _log_parts(tracker, run, "stage1", stage1)
+        tracker.log_metrics(run, {"stage1_trainable_params": float(stage1.trainable_params),
+                                  "stage1_seconds": stage1.seconds, "stage1_steps": float(stage1.steps)})
     tracker.end(run)
     return run
+
+
+def _log_parts(tracker: Tracker, run: str, prefix: str, result: Any) -> None:
+    """Curves of a loss's named parts (e.g. ``stage1_itc``), kept by the training loop beside the total."""
+    for name, curve in dict(result.extra.get("parts_curve", {})).items():
+        tracker.log_series(run, f"{prefix}_{name}", curve)
 
 
 def run_training(config: RunConfig, name: str, *, steps: int | None = None, tracking_uri: str | None = None) -> str:
@@ -62,7 +77,13 @@ def run_training(config: RunConfig, name: str, *, steps: int | None = None, trac
     r = paradigm.train_result
     if r is None or not r.loss_curve:
         return f"{name}: nothing trained (train.steps is 0: the untrained connector is evaluated as initialised)"
-    return (f"{name}: {r.trainable_params:,} trainable parameters, {r.steps} steps, "
+    s1 = getattr(paradigm, "stage1_result", None)
+    before = ""
+    if s1 is not None and s1.loss_curve:
+        parts = ", ".join(f"{k} {c[-1][1]:.3f}" for k, c in dict(s1.extra.get("parts_curve", {})).items())
+        before = (f"stage 1: {s1.trainable_params:,} parameters, {s1.steps} steps, final loss {s1.loss_curve[-1][1]:.3f}"
+                  f"{' (' + parts + ')' if parts else ''}, {s1.seconds:.0f} s; checkpoint {paradigm.stage1_dir}\n")
+    return (f"{before}{name}: {r.trainable_params:,} trainable parameters, {r.steps} steps, "
             f"final loss {r.loss_curve[-1][1]:.3f}, {r.seconds:.0f} s; checkpoint {paradigm.checkpoint_dir}; "
             f"MLflow run {run}")
 

@@ -15,11 +15,11 @@ its untrained model *is* the frozen LLM.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 from torch import nn
 
 
@@ -47,14 +47,90 @@ class FlamingoOptions(ConnectorOptions):
     ff_mult: int = Field(2, ge=1, le=8)
 
 
+class Blip2Stage1Options(BaseModel):
+    """BLIP-2 stage 1: the Q-Former trained against the frozen image encoder alone (ITC + ITM + ITG).
+
+    ``steps`` 0 (the default) skips stage 1. Optimisation defaults are sized for a small random
+    Q-Former on CPU (BLIP-2: lr 1e-4 for a BERT-base Q-Former, batch 1680-2320, 250k steps).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(0, ge=0)
+    #: In-batch contrastive learning and hard-negative mining want a larger batch than stage 2.
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)  # BLIP-2's value
+    warmup_steps: int = Field(10, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 0
+    save_every: int = Field(50, ge=1)
+    #: Size of the space where query outputs and the text's [CLS] output are compared (BLIP-2: 256).
+    itc_dim: int = Field(256, ge=8)
+    #: Captions are cut to this many WordPiece tokens ([CLS] and [SEP] included; BLIP-2: 32).
+    max_text_len: int = Field(32, ge=4, le=512)
+    #: Label smoothing of the ITC and ITG cross-entropies (BLIP-2's code: 0.1).
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    #: "train": the text side's vocabulary is the WordPiece ids occurring in the training captions
+    #: (+ specials; others read as [UNK]) — ~10-25x cheaper ITG softmax on CPU. "full": all 30,522.
+    text_vocab: Literal["train", "full"] = "train"
+
+
 class Blip2Options(ConnectorOptions):
-    """BLIP-2-style Q-Former-lite: learned queries cross-attend to the features, then a projection."""
+    """BLIP-2's Q-Former: learned queries cross-attend to the features, then a projection into the LLM.
+
+    ``qformer``: "lite" is the stage-2-only Q-Former-lite (pre-LN, no text branch); "bert" the
+    BLIP-2 Q-Former with a text branch sharing its self-attention layers (needed by stage 1);
+    "auto" is "bert" when ``stage1.steps`` > 0, else "lite". With "lite" the options dump (hence
+    adapter keys and answer caches) is exactly what it was before stage 1 existed.
+    """
 
     kind: Literal["blip2"] = "blip2"
     n_queries: int = Field(8, ge=1, le=64)
     qformer_dim: int = Field(256, ge=16)
     depth: int = Field(2, ge=1, le=12)
     heads: int = Field(4, ge=1)
+    qformer: Literal["auto", "lite", "bert"] = "auto"
+    #: "minilm": self-attention, feed-forward and text embeddings from the packaged all-MiniLM-L6-v2
+    #: (BLIP-2 initialised from BERT-base); needs qformer_dim 384, heads 12, depth <= 6.
+    qformer_init: Literal["random", "minilm"] = "random"
+    stage1: Blip2Stage1Options = Blip2Stage1Options()
+
+    @property
+    def resolved_qformer(self) -> str:
+        if self.qformer == "auto":
+            return "bert" if self.stage1.steps > 0 or self.qformer_init != "random" else "lite"
+        return self.qformer
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Blip2Options":
+        if self.qformer_dim % self.heads:
+            raise ValueError(f"qformer_dim {self.qformer_dim} must be divisible by heads {self.heads}")
+        if self.resolved_qformer == "lite" and self.stage1.steps > 0:
+            raise ValueError("stage1.steps > 0 needs the Q-Former with a text branch (qformer: bert or auto)")
+        if self.qformer_init == "minilm":
+            from paradigms.trained_adapter.qformer import MINILM_DIM, MINILM_HEADS, MINILM_LAYERS
+
+            if self.resolved_qformer != "bert":
+                raise ValueError("qformer_init: minilm needs qformer: bert")
+            if (self.qformer_dim, self.heads) != (MINILM_DIM, MINILM_HEADS) or self.depth > MINILM_LAYERS:
+                raise ValueError(
+                    f"qformer_init: minilm needs qformer_dim {MINILM_DIM}, heads {MINILM_HEADS} and "
+                    f"depth <= {MINILM_LAYERS} (MiniLM-L6's sizes)"
+                )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _legacy_dump(self, handler: Callable[["Blip2Options"], dict[str, Any]]) -> dict[str, Any]:
+        """The Q-Former-lite dumps as before stage 1 existed (old keys stay valid); "bert" dumps all,
+        with "auto" resolved so that equal setups have equal keys."""
+        out = handler(self)
+        if self.resolved_qformer == "lite":
+            for k in ("qformer", "qformer_init", "stage1"):
+                out.pop(k, None)
+        else:
+            out["qformer"] = "bert"
+        return out
 
 
 class PalmeOptions(ConnectorOptions):
@@ -160,6 +236,26 @@ class QFormerLite(PrefixConnector):
         for layer in self.layers:
             q = layer(q, mem)
         return self.proj(self.out_norm(q))
+
+
+class Blip2QFormerPrefix(PrefixConnector):
+    """BLIP-2's stage-2 connector: the Q-Former's query path (BERT layers; stage-1 weights when
+    stage 1 ran) and a linear projection of the query outputs into the LLM's embedding space."""
+
+    def __init__(self, opts: Blip2Options, feature_dim: int, d_model: int, emb_std: float) -> None:
+        super().__init__()
+        from paradigms.trained_adapter.qformer import QFormer
+
+        self.qformer = QFormer(opts.n_queries, opts.qformer_dim, opts.depth, opts.heads, feature_dim)
+        self.proj = nn.Linear(opts.qformer_dim, d_model)
+        _init_to_scale(self.proj, emb_std)  # query outputs are LayerNorm outputs: unit scale
+
+    def tokens_per_image(self) -> int:
+        return self.qformer.n_queries
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        q, _ = self.qformer(feats)
+        return self.proj(q)
 
 
 # ----------------------------------------------------------------------------- Flamingo
@@ -277,6 +373,8 @@ def build_connector(opts: AnyConnectorOptions, feature_dim: int, llm_config: obj
     if isinstance(opts, FlamingoOptions):
         return FlamingoConnector(opts, feature_dim, d_model, int(getattr(llm_config, "num_hidden_layers")), emb_std)
     if isinstance(opts, Blip2Options):
+        if opts.resolved_qformer == "bert":
+            return Blip2QFormerPrefix(opts, feature_dim, d_model, emb_std)
         return QFormerLite(opts, feature_dim, d_model, emb_std)
     if isinstance(opts, PalmeOptions):
         return PalmePrefix(opts, feature_dim, d_model, emb_std)

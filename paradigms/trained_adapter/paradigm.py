@@ -14,11 +14,12 @@ its training if it beats this on held-out images.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.config import stable_hash
 from harness.interface import Answer, Paradigm, Request, Timer
@@ -37,6 +38,8 @@ from paradigms.trained_adapter.multimodal import MultimodalLM, Piece, Target
 
 #: Bump when the checkpoint layout or training objective changes (invalidates stored adapters).
 ADAPTER_FORMAT = 1
+
+log = logging.getLogger(__name__)
 
 
 class AdapterOptions(BaseModel):
@@ -79,20 +82,22 @@ class AdapterParadigm(Paradigm):
 
     # ----------------------------------------------------------------- training
     def checkpoint_key(self, pairs: Sequence[CaptionPair]) -> str:
+        return stable_hash(self._key_parts(pairs))
+
+    def _key_parts(self, pairs: Sequence[CaptionPair]) -> dict[str, Any]:
+        """What the trained connector depends on (subclasses may add to it)."""
         o = self.options
-        return stable_hash(
-            {
-                "format": ADAPTER_FORMAT,
-                "paradigm": self.name,
-                "connector": o.connector.model_dump(mode="json"),
-                "train": o.train.model_dump(mode="json"),
-                "caption_prompt": o.caption_prompt,
-                "pairs_per_sequence": o.pairs_per_sequence,
-                "data": data_identity(pairs),
-                "llm": self.backbones.llm.fingerprint,
-                "encoder": self.backbones.vision_encoder.fingerprint(),
-            }
-        )
+        return {
+            "format": ADAPTER_FORMAT,
+            "paradigm": self.name,
+            "connector": o.connector.model_dump(mode="json"),
+            "train": o.train.model_dump(mode="json"),
+            "caption_prompt": o.caption_prompt,
+            "pairs_per_sequence": o.pairs_per_sequence,
+            "data": data_identity(pairs),
+            "llm": self.backbones.llm.fingerprint,
+            "encoder": self.backbones.vision_encoder.fingerprint(),
+        }
 
     def new_connector(self) -> torch.nn.Module:
         """The untrained connector, initialised from the training seed (same seed → same weights)."""
@@ -111,7 +116,7 @@ class AdapterParadigm(Paradigm):
 
     def prepare(self) -> None:
         if self.mm is None:
-            self.prepare_with([] if self.untrained else load_caption_pairs(self.options.data))
+            self.prepare_with([] if self.untrained else load_caption_pairs(self.options.data), progress=self.progress)
 
     def _prepare_untrained(self) -> TrainResult:
         """The seeded initial connector, evaluated as is (the baseline for trained connectors)."""
@@ -134,8 +139,10 @@ class AdapterParadigm(Paradigm):
         mm = MultimodalLM(llm, connector)
         result = load_result(ckpt)
         if result is None:
+            log.info("training connector %s (checkpoint %s)", self.name, ckpt)
             images = {p.image_id: p.load_image for p in pairs}
             feats = encode_images(enc, images, cache_file=ckpt / "features.safetensors")
+            self._before_training(connector, pairs, feats, progress=progress)
             k, prompt = self.options.pairs_per_sequence, self.options.caption_prompt
 
             def loss_fn(idx: Sequence[int]) -> torch.Tensor:
@@ -158,11 +165,21 @@ class AdapterParadigm(Paradigm):
                 on_step=on_step,
             )
         else:
+            log.info("loading trained connector %s from %s", self.name, ckpt)
             load_weights(connector, ckpt / FINAL_FILE)
+            self._after_loading(pairs)
         connector.eval().requires_grad_(False)
         self.mm = mm
         self.train_result = result
         return result
+
+    def _before_training(
+        self, connector: torch.nn.Module, pairs: Sequence[CaptionPair], feats: dict[str, torch.Tensor], *, progress: bool
+    ) -> None:
+        """Hook between encoding the training images and training the connector (BLIP-2's stage 1)."""
+
+    def _after_loading(self, pairs: Sequence[CaptionPair]) -> None:
+        """Hook after a finished connector was loaded instead of trained."""
 
     @property
     def trainable_params(self) -> int:
@@ -283,6 +300,14 @@ class FlamingoAdapterOptions(AdapterOptions):
 class Blip2AdapterOptions(AdapterOptions):
     connector: Blip2Options = Blip2Options()
 
+    @model_validator(mode="after")
+    def _untrained_means_untrained(self) -> "Blip2AdapterOptions":
+        if self.train.steps == 0 and self.connector.stage1.steps > 0:
+            raise ValueError(
+                "train.steps 0 is the untrained baseline (nothing trained); set connector.stage1.steps to 0 as well"
+            )
+        return self
+
 
 class PalmeAdapterOptions(AdapterOptions):
     connector: PalmeOptions = PalmeOptions()
@@ -304,9 +329,92 @@ class FlamingoAdapter(AdapterParadigm):
 
 @register_paradigm
 class Blip2Adapter(AdapterParadigm):
+    """BLIP-2: a Q-Former's queries projected as a soft prompt of the frozen LLM.
+
+    With ``connector.stage1.steps`` > 0, stage 1 (ITC + ITM + ITG against the frozen encoder, see
+    ``blip2_stage1.py``) trains the Q-Former first, under its own key (the LLM is not part of it,
+    so one stage-1 run serves every LLM); stage 2 starts its Q-Former from those weights and
+    trains it with the projection on the LLM's caption loss.
+    """
+
     variant: ClassVar[str] = "blip2"
-    description: ClassVar[str] = "BLIP-2 stage 2 only: Q-Former-lite queries projected as a soft prompt of a frozen LLM"
+    description: ClassVar[str] = (
+        "BLIP-2: Q-Former queries projected as a soft prompt of a frozen LLM "
+        "(stage 2; optional stage 1: ITC+ITM+ITG against the frozen encoder)"
+    )
     Options: ClassVar[type] = Blip2AdapterOptions
+
+    def __init__(self, backbones: Any, options: Any, generation: Any) -> None:
+        super().__init__(backbones, options, generation)
+        self.stage1_result: TrainResult | None = None
+        self.stage1_dir: Path | None = None
+
+    @property
+    def _stage1(self) -> bool:
+        return self.options.connector.stage1.steps > 0
+
+    @property
+    def _uses_minilm(self) -> bool:
+        """Whether the packaged MiniLM (tokenizer or weights) shapes the connector."""
+        return self._stage1 or self.options.connector.qformer_init == "minilm"
+
+    def fingerprint(self) -> dict[str, Any]:
+        fp = super().fingerprint()
+        if self._uses_minilm:
+            from paradigms.trained_adapter.blip2_stage1 import tokenizer_fingerprint
+
+            fp["text_side"] = tokenizer_fingerprint()
+        return fp
+
+    def _key_parts(self, pairs: Sequence[CaptionPair]) -> dict[str, Any]:
+        parts = super()._key_parts(pairs)
+        if self._uses_minilm:
+            from paradigms.trained_adapter.blip2_stage1 import tokenizer_fingerprint
+
+            parts["text_side"] = tokenizer_fingerprint()
+        return parts
+
+    def new_connector(self) -> torch.nn.Module:
+        conn = super().new_connector()
+        if self.options.connector.qformer_init == "minilm":
+            from paradigms.trained_adapter.qformer import load_minilm
+
+            load_minilm(conn.qformer)
+        return conn
+
+    def _stage1_dir(self, pairs: Sequence[CaptionPair]) -> Path:
+        from paradigms.trained_adapter.blip2_stage1 import stage1_dir
+
+        return stage1_dir(self.backbones.cache_dir, self.options.connector, pairs, self.backbones.vision_encoder.fingerprint())
+
+    def _before_training(
+        self, connector: torch.nn.Module, pairs: Sequence[CaptionPair], feats: dict[str, torch.Tensor], *, progress: bool
+    ) -> None:
+        """Stage 1 (trained or loaded), then its Q-Former weights become stage 2's starting point."""
+        if not self._stage1:
+            return
+        from paradigms.trained_adapter.blip2_stage1 import load_stage1_qformer, train_stage1
+
+        llm, enc = self.backbones.llm, self.backbones.vision_encoder
+        run = train_stage1(
+            self.options.connector, pairs, feats, feature_dim=enc.feature_dim, encoder_fingerprint=enc.fingerprint(),
+            cache_dir=self.backbones.cache_dir, frozen=[llm.model, enc.model], device=llm.device, progress=progress,
+        )
+        load_stage1_qformer(connector.qformer, run.ckpt_dir)
+        self.stage1_result, self.stage1_dir = run.result, run.ckpt_dir
+
+    def _after_loading(self, pairs: Sequence[CaptionPair]) -> None:
+        """Stage 2 was loaded: record the stage-1 run it started from (for logging), if still stored."""
+        if self._stage1:
+            self.stage1_dir = self._stage1_dir(pairs)
+            self.stage1_result = load_result(self.stage1_dir)
+
+    def _trace(self, shown: str, n_visual: int, **extra: Any) -> dict[str, Any]:
+        trace = super()._trace(shown, n_visual, **extra)
+        if self._stage1:
+            trace["stage1_checkpoint"] = self.stage1_dir.name if self.stage1_dir else None
+            trace["stage1_steps"] = self.options.connector.stage1.steps
+        return trace
 
 
 @register_paradigm
