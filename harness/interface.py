@@ -107,6 +107,9 @@ class Paradigm(ABC):
         self.backbones = backbones
         self.options = options
         self.generation = generation
+        # Whether one-time work in prepare() (training, adaptation) may draw progress bars; the
+        # runner sets it from `mmbench run --no-progress`.
+        self.progress = True
 
     @property
     def name(self) -> str:

@@ -322,7 +322,9 @@ class Runner:
                 greedy=self.config.generation.greedy,
                 temperature=self.config.generation.temperature,
             )
-            self._instances[p.label] = p.cls(self.backbones, p.options, gen)
+            instance = p.cls(self.backbones, p.options, gen)
+            instance.progress = self.progress
+            self._instances[p.label] = instance
         return self._instances[p.label]
 
     def _paradigm_fp(self, p: PlannedParadigm) -> dict[str, Any]:

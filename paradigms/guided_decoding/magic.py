@@ -126,6 +126,7 @@ class Magic(Paradigm):
             Path(getattr(self.backbones, "cache_dir", None) or default_cache_dir()),
             base_identity=base_llm_identity(self.backbones),
             heldout=load_heldout(o),
+            progress=self.progress,
         )
         assert self._adapted.key == key
         self.train_result = self._adapted.train_result()
