@@ -1,0 +1,207 @@
+"""``trained_adapter/vlm_pretrained``: a user's pretrained interleaved image-text model.
+
+The open Flamingo successors (IDEFICS2/IDEFICS3, SmolVLM) and LLaVA-style models whose processor
+has a chat template load through ``AutoProcessor`` + ``AutoModelForImageTextToText``. Their
+adapter was trained by their authors, so nothing is trained here (``trainable_params`` = 0) and
+no shared backbone is used: the checkpoint brings its own LLM and image encoder. Unlike BLIP-2
+they read several images per sequence, so demonstrations are shown Flamingo-style, as earlier
+user/assistant turns each with its own image. Nothing ships offline: the weights are loaded
+lazily in ``prepare()`` and a missing model fails with a message naming the ``model`` option.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.interface import Answer, Paradigm, Request, Timer
+from harness.models.llm import ModelUnavailable, _resolve_dtype, cut_at_stop, llm_fingerprint, resolve_device
+from harness.registry import register_paradigm
+
+log = logging.getLogger(__name__)
+
+#: Tokens some checkpoints end a turn with but do not list as EOS in their generation config.
+_END_OF_TURN = ("<end_of_utterance>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>")
+
+
+class VlmPretrainedOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Hub id, ``id@revision``, or a local folder with a saved model + processor. Required: there
+    #: is no sensible default, and a placeholder model would produce meaningless numbers.
+    model: str
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    #: Overrides the task's ``max_new_tokens`` when set.
+    max_new_tokens: int | None = Field(None, ge=1, le=4096)
+    #: Runs code from the checkpoint's repository; off unless the user opts in.
+    trust_remote_code: bool = False
+    batch_size: int = Field(4, ge=1)
+
+    def source(self) -> tuple[str, str | None, bool]:
+        """(name to load, revision, is a local folder); ``id@rev`` is split unless it is a folder."""
+        if Path(self.model).is_dir():
+            return self.model, None, True
+        if "@" in self.model:
+            name, rev = self.model.rsplit("@", 1)
+            return name, rev or None, False
+        return self.model, None, False
+
+
+@register_paradigm
+class VlmPretrained(Paradigm):
+    family: ClassVar[str] = "trained_adapter"
+    variant: ClassVar[str] = "vlm_pretrained"
+    description: ClassVar[str] = (
+        "a pretrained interleaved image-text model (IDEFICS2/3, SmolVLM, LLaVA) loaded with transformers"
+    )
+    Options: ClassVar[type] = VlmPretrainedOptions
+    uses: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, backbones: Any, options: Any, generation: Any) -> None:
+        super().__init__(backbones, options, generation)
+        self.model: Any = None
+        self.processor: Any = None
+        self._eos: list[int] = []
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Options plus what identifies the weights (hub id@revision or a local folder digest)."""
+        name, rev, local = self.options.source()
+        fp = super().fingerprint()
+        fp["weights"] = llm_fingerprint("local" if local else "hub", name, rev)
+        fp["dtype"] = self.options.dtype
+        return fp
+
+    def prepare(self) -> None:
+        if self.model is not None:
+            return
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        o = self.options
+        name, rev, _ = o.source()
+        if o.trust_remote_code:
+            log.warning("vlm_pretrained: trust_remote_code=true runs code shipped with %r", o.model)
+        device = resolve_device(o.device)
+        kwargs: dict[str, Any] = {"trust_remote_code": o.trust_remote_code}
+        if rev:
+            kwargs["revision"] = rev
+        try:
+            processor = AutoProcessor.from_pretrained(name, **kwargs)
+            model = AutoModelForImageTextToText.from_pretrained(name, dtype=_resolve_dtype(o.dtype, device), **kwargs)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelUnavailable(
+                f"option 'model': cannot load the image-text model {o.model!r}: {exc}. Give a local folder "
+                "with a saved AutoModelForImageTextToText + AutoProcessor, or a hub id (id@revision) on a "
+                "machine with hub access."
+            ) from exc
+        if not getattr(processor, "chat_template", None):
+            raise ModelUnavailable(
+                f"option 'model': the processor of {o.model!r} has no chat template, so images and "
+                "demonstrations cannot be placed in the prompt"
+            )
+        tok = processor.tokenizer
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        eos = model.generation_config.eos_token_id
+        ids = set([eos] if isinstance(eos, int) else list(eos or []))
+        if tok.eos_token_id is not None:
+            ids.add(tok.eos_token_id)
+        vocab = tok.get_vocab()
+        ids.update(vocab[t] for t in _END_OF_TURN if t in vocab)
+        self._eos = sorted(ids)
+        self.processor = processor
+        self.model = model.to(device).eval()
+
+    def _messages(self, r: Request) -> tuple[list[dict[str, Any]], list[Any], int]:
+        """Chat turns for one request: shots as earlier user/assistant turns, then the query.
+
+        Returns the messages, the images in the order they appear, and how many shots had no image
+        (shown as text-only turns).
+        """
+        messages: list[dict[str, Any]] = []
+        images: list[Any] = []
+        text_only = 0
+        for s in r.shots:
+            content: list[dict[str, Any]] = []
+            if s.image is not None:
+                content.append({"type": "image"})
+                images.append(s.image.convert("RGB"))
+            else:
+                text_only += 1
+            content.append({"type": "text", "text": s.prompt})
+            messages.append({"role": "user", "content": content})
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": s.answer}]})
+        messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": r.prompt}]})
+        images.append(r.image.convert("RGB"))
+        return messages, images, text_only
+
+    def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
+        self.prepare()
+        out: list[Answer | None] = [None] * len(requests)
+        ok = []
+        for i, r in enumerate(requests):
+            if r.image is None:
+                out[i] = Answer.failed("ValueError: sample has no image")
+            else:
+                ok.append(i)
+        for start in range(0, len(ok), self.options.batch_size):
+            idx = ok[start : start + self.options.batch_size]
+            try:
+                self._chunk(requests, idx, out)
+            except Exception as exc:  # one failing batch must not stop the run
+                for i in idx:
+                    out[i] = Answer.failed(f"{type(exc).__name__}: {exc}")
+        return [a if a is not None else Answer.failed("not answered") for a in out]
+
+    def _max_new(self, r: Request) -> int:
+        return self.options.max_new_tokens or r.max_new_tokens
+
+    @torch.inference_mode()
+    def _chunk(self, requests: Sequence[Request], idx: list[int], out: list) -> None:
+        rows = [self._messages(requests[i]) for i in idx]
+        texts = [self.processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m, _, _ in rows]
+        with Timer() as t:
+            enc = self.processor(text=texts, images=[imgs for _, imgs, _ in rows], return_tensors="pt", padding=True)
+            enc = enc.to(self.model.device)
+            for k, v in enc.items():
+                if torch.is_tensor(v) and v.is_floating_point():
+                    enc[k] = v.to(self.model.dtype)
+            seqs = self.model.generate(
+                **enc,
+                max_new_tokens=max(self._max_new(requests[i]) for i in idx),
+                do_sample=False,
+                eos_token_id=self._eos or None,
+                pad_token_id=self.processor.tokenizer.pad_token_id,
+            )
+        n_in = enc["input_ids"].shape[1]
+        seqs = seqs[:, n_in:]  # decoder-only: generate returns the prompt too
+        tok = self.processor.tokenizer
+        image_token_id = getattr(self.processor, "image_token_id", None)
+        eos = set(self._eos)
+        for b, i in enumerate(idx):
+            ids = seqs[b].tolist()[: self._max_new(requests[i])]
+            end = next((j for j, x in enumerate(ids) if x in eos), None)
+            ids = ids if end is None else ids[: end + 1]  # EOS counts as generated; padding after it does not
+            text, _ = cut_at_stop(tok.decode(ids, skip_special_tokens=True), self.generation.stop)
+            trace: dict[str, Any] = {
+                "model": self.options.model,
+                "prompt": texts[b],
+                "n_images": len(rows[b][1]),
+                "n_shots": len(requests[i].shots),
+                "text_only_shots": rows[b][2],
+            }
+            if image_token_id is not None:
+                trace["image_tokens"] = int((enc["input_ids"][b] == image_token_id).sum())
+            out[i] = Answer(
+                text=text.strip(),
+                latency_s=t.elapsed / len(idx),
+                llm_tokens_in=int(enc["attention_mask"][b].sum()),
+                llm_tokens_out=len(ids),
+                trainable_params=0,
+                trace=trace,
+            )
