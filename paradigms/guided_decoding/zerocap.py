@@ -12,6 +12,7 @@ from harness.interface import Answer, Paradigm, Request
 from harness.registry import register_paradigm
 from paradigms.guided_decoding.common import (
     ImageEmbeddings,
+    PreparedPrompt,
     TextEmbeddingMemo,
     build_prompt,
     cosine_to_images,
@@ -42,8 +43,26 @@ class ZeroCapOptions(BaseModel):
     )
     prompt_prefix: str = Field("Image of a", description="the caption's first words (published: 'Image of a')")
     keep_prefix_in_caption: bool = Field(True, description="return 'Image of a …' as the authors print it")
-    forbidden_words: tuple[str, ...] = Field((), description="tokens damped by a factor 20 (authors: a GPT-2 id list)")
+    forbidden_words: tuple[str, ...] = Field((), description="words whose first token is damped by forbidden_factor")
+    forbidden_token_ids: tuple[int, ...] = Field(
+        (), description="LM token ids damped by forbidden_factor (the authors: their forbidden_tokens.npy, GPT-2 ids)"
+    )
+    forbidden_factor: float = Field(20.0, gt=0)
+    scorer_weight: float = Field(1.0, ge=0, description="weight of the scorer cross-entropy (authors' clip_scale)")
     chat: bool = Field(True, description="wrap the task prompt in the LLM's chat template")
+    start_text: str | None = Field(
+        None,
+        description="captions only: the LM prompt is exactly start_text + prompt_prefix (the authors: GPT-2's "
+        "'<|endoftext|>' then 'Image of a'); task prompt and chat template unused",
+    )
+    stop_at_eos: bool = Field(
+        True, description="False: only the end token '.' ends a beam and EOS is an ordinary token (the authors' code)"
+    )
+    scorer_special_tokens: bool = Field(
+        False,
+        description="the scorer reads special tokens of candidates and finished beams as text (the authors: an "
+        "end-of-text candidate is scored as '<|endoftext|>'); False drops them",
+    )
     decode_batch: int = Field(4, ge=1, description="images decoded together (memory; never changes answers)")
 
 
@@ -72,6 +91,8 @@ class ZeroCap(Paradigm):
             grad_norm_power=o.grad_norm_power,
             end_factor=o.end_factor,
             repetition_penalty=o.repetition_penalty,
+            forbidden_factor=o.forbidden_factor,
+            scorer_weight=o.scorer_weight,
         )
 
     def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
@@ -99,16 +120,23 @@ class ZeroCap(Paradigm):
         lm = self.backbones.llm
         tok = lm.tokenizer
         scorer = self.backbones.scorer
-        prompts = [build_prompt(lm, r, chat=o.chat, caption_prefix=o.prompt_prefix) for r in reqs]
+        prompts = [
+            PreparedPrompt(lm_prompt=o.start_text + o.prompt_prefix, answer_prefix=o.prompt_prefix)
+            if o.start_text is not None and r.kind == "caption"
+            else build_prompt(lm, r, chat=o.chat, caption_prefix=o.prompt_prefix)
+            for r in reqs
+        ]
+        skip_special = not o.scorer_special_tokens
         images = ImageEmbeddings(scorer, reqs)
         img = images.stack([r.image_id for r in reqs])
         texts = TextEmbeddingMemo(scorer)
 
         def candidate_sims(row_img: Sequence[int], prefixes: Sequence[list[int]], cand: torch.Tensor) -> torch.Tensor:
+            # the prefix without special tokens (authors: their decode minus the BOS text), candidates as configured
             heads = tok.batch_decode(list(prefixes), skip_special_tokens=True)
             strings = []
             for i, head, cs in zip(row_img, heads, cand.tolist()):
-                tails = tok.batch_decode([[c] for c in cs], skip_special_tokens=True)
+                tails = tok.batch_decode([[c] for c in cs], skip_special_tokens=skip_special)
                 strings += [prompts[i].answer_prefix + head + t for t in tails]
             emb = texts(strings).view(len(row_img), cand.shape[1], -1)
             return cosine_to_images(img[list(row_img)], emb)
@@ -117,13 +145,14 @@ class ZeroCap(Paradigm):
         n_new = [o.max_new_tokens or (15 if r.kind == "caption" else r.max_new_tokens) for r in reqs]
         end_id = tok(".", add_special_tokens=False).input_ids[0]
         forbidden = [t for w in o.forbidden_words for t in tok(w, add_special_tokens=False).input_ids[:1]]
+        forbidden += list(o.forbidden_token_ids)
         res = zerocap_search(
             lm.model,
             ids,
             mask,
             max_new_tokens=max(n_new),
             candidate_sims=candidate_sims,
-            end_ids=eos_ids(lm),
+            end_ids=eos_ids(lm) if o.stop_at_eos else set(),
             end_id=end_id,
             forbidden=forbidden,
             settings=self._settings(),
@@ -132,9 +161,11 @@ class ZeroCap(Paradigm):
         share = (time.perf_counter() - t0) / len(reqs)
         out = []
         for b, (r, p) in enumerate(zip(reqs, prompts)):
-            beams = [cut_answer(tok.decode(g[: n_new[b]], skip_special_tokens=True), stop)[0] for g in res.beams[b]]
-            # The winner is the beam the scorer prefers (authors: CLIP over the continuations).
-            sims = cosine_to_images(img[b : b + 1], texts(beams)[None])[0]
+            gens = [g[: n_new[b]] for g in res.beams[b]]
+            beams = [cut_answer(tok.decode(g, skip_special_tokens=True), stop)[0] for g in gens]
+            scored = beams if skip_special else [cut_answer(tok.decode(g), stop)[0] for g in gens]
+            # The winner is the beam the scorer prefers (authors: CLIP over the continuations, prompt excluded).
+            sims = cosine_to_images(img[b : b + 1], texts(scored)[None])[0]
             best = int(sims.argmax())
             keep = p.answer_prefix if (o.keep_prefix_in_caption or r.kind != "caption") else ""
             out.append(
@@ -148,7 +179,8 @@ class ZeroCap(Paradigm):
                         "answer_prefix": p.answer_prefix,
                         "scorer": getattr(scorer, "name", type(scorer).__name__),
                         "beams": beams,
-                        "beam_lm_scores": [round(x, 4) for x in res.beam_scores[b]],
+                        "beam_ids": gens,
+                        "beam_lm_scores": [round(x, 6) for x in res.beam_scores[b]],
                         "beam_scorer_sims": [round(float(x), 4) for x in sims],
                         "chosen_beam": best,
                         "shift_loss_per_token": [round(x, 4) for x in res.losses[b]],
