@@ -141,15 +141,28 @@ def versus_reference(a: argparse.Namespace) -> None:
     else:
         g, c = build_base_gpt2(tmp / "gpt2"), build_base_clip(tmp / "clip")
     setting = {"name": "coco", "k": a.k, "alpha": 0.1, "beta": 2.0, "decoding_len": a.tokens, "window": 60}
-    base = list(skimage_images().items())
-    names = [f"{base[i % len(base)][0]}" for i in range(a.images)]
-    names = list(dict.fromkeys(names))  # MAGIC's caption of an image is deterministic: distinct images only
-    imgs = dict(base)
-    ref = mod.make_reference(g, c)
-    bb = _Backbones(LanguageModel.load("local", str(g), dtype="float32", device="cpu"), HFClipScorer(str(c), device="cpu"))
+    # MAGIC's caption of an image is deterministic: distinct images only (the golden's three first,
+    # then more packaged photographs, so batching over images can be measured at --images up to 10).
+    imgs = dict(skimage_images())
+    import skimage.data as sd
+    from PIL import Image
+
+    for extra in ("rocket", "camera", "immunohistochemistry", "hubble_deep_field", "colorwheel", "retina", "coins"):
+        if len(imgs) >= a.images:
+            break
+        imgs[extra] = Image.fromarray(getattr(sd, extra)()).convert("RGB")
+    names = list(imgs)[: a.images]
+    import inspect
+
+    ref_kw = {"device": a.device} if "device" in inspect.signature(mod.make_reference).parameters else {}
+    if a.device != "cpu" and not ref_kw:
+        raise SystemExit("the reference adapter's make_reference() takes no 'device': both sides must share the device")
+    ref = mod.make_reference(g, c, **ref_kw)
+    bb = _Backbones(LanguageModel.load("local", str(g), dtype="float32", device=a.device),
+                    HFClipScorer(str(c), device=a.device))
     kw = dict(k=setting["k"], alpha=0.1, beta=2.0, decoding_len=a.tokens, window=60)
     ref(imgs[names[0]], **kw)  # warm-up both
-    run_mmbench(bb, setting, (names[0],))
+    run_mmbench(bb, setting, (names[0],), images=imgs)
 
     t0 = time.perf_counter()
     ref_ids = {n: ref(imgs[n], **kw)[0] for n in names}
@@ -158,7 +171,7 @@ def versus_reference(a: argparse.Namespace) -> None:
     for label, batch in (("mmbench_one_at_a_time", 1), ("mmbench_batched", len(names))):
         bb.scorer._image_cache.clear()  # the reference embeds each image per caption; so do we
         t0 = time.perf_counter()
-        got = run_mmbench(bb, setting, tuple(names), decode_batch=batch)
+        got = run_mmbench(bb, setting, tuple(names), images=imgs, decode_batch=batch)
         times[label] = time.perf_counter() - t0
         ids[label] = {n: v[0] for n, v in got.items()}
     cps = {"reference_authors": len(names) / t_ref, **{k: len(names) / v for k, v in times.items()}}
@@ -201,6 +214,7 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="tiny random LM, 2 images, k=8, 4 tokens")
     ap.add_argument("--reference", help="adapter to the authors' MAGIC (file or folder): time mmbench against it")
     ap.add_argument("--size", choices=("tiny", "base"), default="tiny", help="with --reference: model size")
+    ap.add_argument("--device", default="cpu", help="with --reference: where both implementations run (cpu, cuda)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)

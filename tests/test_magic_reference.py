@@ -247,14 +247,17 @@ def authors_options(s: dict, **over: object):
     return MagicOptions(**kw)
 
 
-def run_mmbench(bb: _Backbones, s: dict, names: tuple[str, ...] = ("astronaut", "coffee", "chelsea"), **over: object):
+def run_mmbench(
+    bb: _Backbones, s: dict, names: tuple[str, ...] = ("astronaut", "coffee", "chelsea"),
+    images: dict[str, object] | None = None, **over: object,
+):
     from harness.interface import Request
     from harness.models.llm import GenerationSettings
     from paradigms.guided_decoding.magic import Magic
 
     n = s["decoding_len"] - 1
     para = Magic(bb, authors_options(s, **over), GenerationSettings(max_new_tokens=n, stop=()))
-    imgs = skimage_images()
+    imgs = images if images is not None else skimage_images()
     reqs = [Request(i, i, imgs[i], "unused: start_text replaces it", kind="caption", max_new_tokens=n) for i in names]
     answers = para.answer_batch(reqs)
     eos = bb.llm.tokenizer.eos_token_id
