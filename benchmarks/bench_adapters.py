@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,17 +31,6 @@ from paradigms.trained_adapter.multimodal import Image as Img
 from paradigms.trained_adapter.multimodal import Target
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    """The CPU's name (timings and NLLs on a shared CPU are only comparable on the same one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def caption_nll(paradigm: Any, items: Sequence[tuple[str, Any, str]], batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +128,7 @@ def main() -> None:
         "captions": len(caps),
         "captions_per_image": args.captions_per_image,
         "shuffle": "caption i scored with test image i+1 (cyclic; no caption keeps its image)",
-        "hardware": {**hardware(), "machine": platform.machine(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads()},
+        "hardware": hardware(),
         "results": results,
     }
     if args.only is not None and Path(args.out).exists():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -30,16 +29,6 @@ from paradigms.trained_adapter.data import encode_images, load_caption_pairs
 from tasks.datasets import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def curve_summary(curve: list[tuple[int, float]], n: int = 20) -> dict[str, float]:
@@ -119,7 +108,7 @@ def main() -> None:
         "what": "ITC retrieval recall@k on held-out images after BLIP-2 stage 1 vs the same seeded Q-Former untrained",
         "config": args.config if not Path(args.config).resolve().is_relative_to(ROOT)
         else str(Path(args.config).resolve().relative_to(ROOT)),
-        "hardware": {**hardware(), "machine": platform.machine(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads()},
+        "hardware": hardware(),
         "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -99,12 +99,25 @@ def git_state() -> dict[str, str]:
     return {"commit": commit or "unknown", "dirty": str(bool(dirty)).lower()}
 
 
+def cpu_model() -> str:
+    """The CPU's name: timings on a CPU are only comparable on the same model."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def hardware() -> dict[str, str]:
     import torch
 
     info = {
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": str(os.cpu_count()),
         "torch_threads": str(torch.get_num_threads()),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -50,3 +51,31 @@ def tiny_llm(tiny_llm_dir):
     from harness.models.llm import LanguageModel
 
     return LanguageModel.load("local", str(tiny_llm_dir), dtype="float32", device="cpu")
+
+
+class MemoEncoder:
+    """The real packaged encoder, with its (deterministic, frozen) features memoised per image
+    content across a module's tests — encoding is the slowest part of the adapter tests on a shared CPU."""
+
+    def __init__(self, encoder) -> None:
+        self.encoder, self.model, self.feature_dim = encoder, encoder.model, encoder.feature_dim
+        self.memo: dict[str, torch.Tensor] = {}
+
+    def fingerprint(self) -> str:
+        return self.encoder.fingerprint()
+
+    def features(self, images):
+        keys = [hashlib.sha256(im.tobytes()).hexdigest() + str(im.size) for im in images]
+        todo = {k: im for k, im in zip(keys, images) if k not in self.memo}
+        if todo:
+            for k, f in zip(todo, self.encoder.features(list(todo.values()))):
+                self.memo[k] = f
+        return torch.stack([self.memo[k] for k in keys])
+
+
+@pytest.fixture(scope="module")
+def encoder() -> MemoEncoder:
+    """EfficientNet-Lite0 from the packaged weights, memoised (one instance per test module)."""
+    from harness.models.vision_encoder import load_efficientnet_lite0
+
+    return MemoEncoder(load_efficientnet_lite0())

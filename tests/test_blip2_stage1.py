@@ -7,7 +7,6 @@ real (procedurally rendered) images and captions with the packaged vision encode
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -209,33 +208,7 @@ def test_hard_negatives_never_pick_the_positive_and_follow_the_similarity():
     assert none_t.tolist() == [-1, -1, -1] and none_i.tolist() == [-1, -1, -1]
 
 
-# ----------------------------------------------------------------------------- data + encoder
-
-
-class _MemoEncoder:
-    """The real packaged encoder with its (frozen, deterministic) features memoised by image content."""
-
-    def __init__(self, encoder) -> None:
-        self.encoder, self.model, self.feature_dim = encoder, encoder.model, encoder.feature_dim
-        self.memo: dict[str, torch.Tensor] = {}
-
-    def fingerprint(self) -> str:
-        return self.encoder.fingerprint()
-
-    def features(self, images):
-        keys = [hashlib.sha256(im.tobytes()).hexdigest() + str(im.size) for im in images]
-        todo = {k: im for k, im in zip(keys, images) if k not in self.memo}
-        if todo:
-            for k, f in zip(todo, self.encoder.features(list(todo.values()))):
-                self.memo[k] = f
-        return torch.stack([self.memo[k] for k in keys])
-
-
-@pytest.fixture(scope="module")
-def encoder() -> _MemoEncoder:
-    from harness.models.vision_encoder import load_efficientnet_lite0
-
-    return _MemoEncoder(load_efficientnet_lite0())
+# ----------------------------------------------------------------------------- data (encoder: conftest)
 
 
 @pytest.fixture(scope="module")

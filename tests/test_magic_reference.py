@@ -215,6 +215,14 @@ class _Backbones:
         self.llm, self.scorer = llm, scorer
 
 
+def load_tiny_backbones(gpt2: Path, clip: Path) -> _Backbones:
+    """The tiny GPT-2 as the run's LLM and the tiny CLIP as its scorer, on CPU in float32."""
+    from harness.models.hf_clip import HFClipScorer
+    from harness.models.llm import LanguageModel
+
+    return _Backbones(LanguageModel.load("local", str(gpt2), dtype="float32", device="cpu"), HFClipScorer(str(clip), device="cpu"))
+
+
 @pytest.fixture(scope="module")
 def golden() -> dict:
     return json.loads(GOLDEN.read_text())
@@ -228,11 +236,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def backbones(tiny: tuple[Path, Path]) -> _Backbones:
-    from harness.models.hf_clip import HFClipScorer
-    from harness.models.llm import LanguageModel
-
-    g, c = tiny
-    return _Backbones(LanguageModel.load("local", str(g), dtype="float32", device="cpu"), HFClipScorer(str(c), device="cpu"))
+    return load_tiny_backbones(*tiny)
 
 
 def authors_options(s: dict, **over: object):

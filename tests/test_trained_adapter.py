@@ -7,7 +7,6 @@ test uses the packaged SmolLM2 on real Flickr8k photos with their human captions
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from paradigms.trained_adapter.data import CaptionPair
 from paradigms.trained_adapter.multimodal import Image as Img
 from paradigms.trained_adapter.multimodal import MultimodalLM, Target
 from paradigms.trained_adapter.paradigm import FlamingoAdapter, FrozenAdapter, PalmeAdapter, Blip2Adapter
-from tests.conftest import shared_data
+from tests.conftest import MemoEncoder, shared_data
 
 GEN = GenerationSettings(max_new_tokens=8, stop=("\n",))
 
@@ -51,34 +50,7 @@ def skimage_pairs() -> list[CaptionPair]:
     return [CaptionPair(k, (lambda k=k: _skimage(k)), c) for k, c in SKIMAGE_CAPTIONS.items()]
 
 
-class _MemoEncoder:
-    """The real packaged encoder, with its (deterministic, frozen) features memoised per image
-    content across tests — encoding is the slowest part of these tests on a shared CPU."""
-
-    def __init__(self, encoder) -> None:
-        self.encoder, self.model, self.feature_dim = encoder, encoder.model, encoder.feature_dim
-        self.memo: dict[str, torch.Tensor] = {}
-
-    def fingerprint(self) -> str:
-        return self.encoder.fingerprint()
-
-    def features(self, images):
-        keys = [hashlib.sha256(im.tobytes()).hexdigest() + str(im.size) for im in images]
-        todo = {k: im for k, im in zip(keys, images) if k not in self.memo}
-        if todo:
-            for k, f in zip(todo, self.encoder.features(list(todo.values()))):
-                self.memo[k] = f
-        return torch.stack([self.memo[k] for k in keys])
-
-
-@pytest.fixture(scope="module")
-def encoder() -> _MemoEncoder:
-    from harness.models.vision_encoder import load_efficientnet_lite0
-
-    return _MemoEncoder(load_efficientnet_lite0())
-
-
-def _backbones(llm, cache: Path, encoder: _MemoEncoder) -> Backbones:
+def _backbones(llm, cache: Path, encoder: MemoEncoder) -> Backbones:
     bb = Backbones(ModelsConfig(), cache_dir=cache)
     bb.__dict__["llm"] = llm  # the run's shared LLM (a tiny or packaged local model here)
     bb.__dict__["vision_encoder"] = encoder

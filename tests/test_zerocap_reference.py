@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import tests.test_magic_reference as magic_ref
-from tests.test_magic_reference import EOS, build_clip, skimage_images, weights_digest
+from tests.test_magic_reference import EOS, _Backbones, build_clip, load_tiny_backbones, skimage_images, weights_digest
 
 #: The authors hard-code 512 candidates (``top_size = 512`` in ``clip_loss``), so the GPT-2 needs
 #: more than 512 tokens: all 325 merges the builders' corpus allows (584 tokens) instead of 160.
@@ -84,11 +84,6 @@ def authors_options(setting: dict, forbidden: list[int], **over: object):
 GOLDEN = Path(__file__).parent / "golden" / "zerocap_reference.json"
 
 
-class _Backbones:
-    def __init__(self, llm, scorer) -> None:  # noqa: ANN001
-        self.llm, self.scorer = llm, scorer
-
-
 @pytest.fixture(scope="module")
 def golden() -> dict:
     return json.loads(GOLDEN.read_text())
@@ -102,12 +97,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def backbones(tiny: tuple[Path, Path]) -> _Backbones:
-    from harness.models.hf_clip import HFClipScorer
-    from harness.models.llm import LanguageModel
-
-    g, c = tiny
-    llm = LanguageModel.load("local", str(g), dtype="float32", device="cpu")
-    return _Backbones(llm, HFClipScorer(str(c), device="cpu"))
+    return load_tiny_backbones(*tiny)
 
 
 def run_mmbench(bb: _Backbones, setting: dict, names: tuple[str, ...] = IMAGES, **over: object) -> dict:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.config import repo_root, stable_hash
-from harness.training import TrainResult, batch_indices
+from harness.training import TrainResult, _atomic_json, batch_indices
 from paradigms.guided_decoding.common import positions_from_mask
 from paradigms.guided_decoding.lm_step import head_logits, trunk_forward
 
@@ -431,12 +431,6 @@ def train_copy(
     return curve
 
 
-def _atomic_json(obj: object, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: torchrun ranks may write at once
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def _atomic_weights(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import save_model
 
@@ -507,6 +501,8 @@ def adapt_language_model(
 
     ``base`` itself is only read (deep-copied, and used for the held-out "before" score).
     """
+    import transformers
+
     from harness.models.llm import LanguageModel
 
     key = adaptation_key(base_identity, corpus.digest, o)
@@ -540,7 +536,7 @@ def adapt_language_model(
             "trainable_params": sum(p.numel() for p in model.parameters()),
             "loss_curve": [[s, round(t, 6), round(m, 6), round(c, 6)] for s, t, m, c in curve],
             "loss_curve_columns": ["step", "total", "mle", "contrastive"],
-            "versions": {"torch": torch.__version__, "transformers": _version("transformers")},
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         }
         _atomic_json(meta, directory / SIDECAR_FILE)
     else:
@@ -559,11 +555,3 @@ def adapt_language_model(
     llm = LanguageModel(model, tok, f"{base.fingerprint}+magic_lm:{key}", f"{base.name} (MAGIC caption-adapted {key})")
     return AdaptedLM(llm=llm, key=key, directory=directory, meta=meta, trained_steps=trained)
 
-
-def _version(dist: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "unknown"

@@ -9,14 +9,39 @@ to it (recorded in the trace) — BLIP-2 reports no in-context gains.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from harness.interface import Answer, Paradigm, Request, Timer
-from harness.models.llm import ModelUnavailable, cut_at_stop, resolve_device
+from harness.models.llm import ModelUnavailable, _resolve_dtype, cut_at_stop, resolve_device
 from harness.registry import register_paradigm
+
+
+def answer_in_chunks(
+    requests: Sequence[Request], batch_size: int, chunk: Callable[[Sequence[Request], list[int], list], None]
+) -> list[Answer]:
+    """Answer image requests ``batch_size`` at a time with ``chunk(requests, indices, out)``.
+
+    A request without an image fails alone; a chunk that raises fails only its own samples, so one
+    bad batch never stops the run. Shared by the pretrained-checkpoint variants.
+    """
+    out: list[Answer | None] = [None] * len(requests)
+    ok = []
+    for i, r in enumerate(requests):
+        if r.image is None:
+            out[i] = Answer.failed("ValueError: sample has no image")
+        else:
+            ok.append(i)
+    for start in range(0, len(ok), batch_size):
+        idx = ok[start : start + batch_size]
+        try:
+            chunk(requests, idx, out)
+        except Exception as exc:  # one failing batch must not stop the run
+            for i in idx:
+                out[i] = Answer.failed(f"{type(exc).__name__}: {exc}")
+    return [a if a is not None else Answer.failed("not answered") for a in out]
 
 
 class Blip2PretrainedOptions(BaseModel):
@@ -51,8 +76,7 @@ class Blip2Pretrained(Paradigm):
 
         o = self.options
         device = resolve_device(o.device)
-        dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32, "float32": torch.float32,
-                 "bfloat16": torch.bfloat16, "float16": torch.float16}[o.dtype]
+        dtype = _resolve_dtype(o.dtype, device)
         kwargs = {"revision": o.revision} if o.revision else {}
         try:
             self.processor = Blip2Processor.from_pretrained(o.model, **kwargs)
@@ -74,21 +98,7 @@ class Blip2Pretrained(Paradigm):
 
     def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
         self.prepare()
-        out: list[Answer | None] = [None] * len(requests)
-        ok = []
-        for i, r in enumerate(requests):
-            if r.image is None:
-                out[i] = Answer.failed("ValueError: sample has no image")
-            else:
-                ok.append(i)
-        for start in range(0, len(ok), self.options.batch_size):
-            idx = ok[start : start + self.options.batch_size]
-            try:
-                self._chunk(requests, idx, out)
-            except Exception as exc:  # one failing batch must not stop the run
-                for i in idx:
-                    out[i] = Answer.failed(f"{type(exc).__name__}: {exc}")
-        return [a if a is not None else Answer.failed("not answered") for a in out]
+        return answer_in_chunks(requests, self.options.batch_size, self._chunk)
 
     @torch.inference_mode()
     def _chunk(self, requests: Sequence[Request], idx: list[int], out: list) -> None:

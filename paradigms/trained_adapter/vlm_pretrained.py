@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from harness.interface import Answer, Paradigm, Request, Timer
 from harness.models.llm import ModelUnavailable, _resolve_dtype, cut_at_stop, llm_fingerprint, resolve_device
 from harness.registry import register_paradigm
+from paradigms.trained_adapter.blip2_pretrained import answer_in_chunks
 
 log = logging.getLogger(__name__)
 
@@ -142,21 +143,7 @@ class VlmPretrained(Paradigm):
 
     def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
         self.prepare()
-        out: list[Answer | None] = [None] * len(requests)
-        ok = []
-        for i, r in enumerate(requests):
-            if r.image is None:
-                out[i] = Answer.failed("ValueError: sample has no image")
-            else:
-                ok.append(i)
-        for start in range(0, len(ok), self.options.batch_size):
-            idx = ok[start : start + self.options.batch_size]
-            try:
-                self._chunk(requests, idx, out)
-            except Exception as exc:  # one failing batch must not stop the run
-                for i in idx:
-                    out[i] = Answer.failed(f"{type(exc).__name__}: {exc}")
-        return [a if a is not None else Answer.failed("not answered") for a in out]
+        return answer_in_chunks(requests, self.options.batch_size, self._chunk)
 
     def _max_new(self, r: Request) -> int:
         return self.options.max_new_tokens or r.max_new_tokens
