@@ -4,8 +4,10 @@ Why it looks the way it does:
 - the batch drawn at step *s* is a pure function of (seed, s) — an epoch permutation seeded by the
   epoch number — and the learning rate a pure function of s, so a run resumed from a checkpoint
   reproduces the uninterrupted run's weights exactly;
-- checkpoints are safetensors (weights *and* AdamW moments) plus a JSON of scalars; nothing is
-  pickled and nothing needs ``torch.load``;
+- a resumable checkpoint is *one* safetensors file: weights, AdamW moments and, in its header
+  metadata, the step and loss curve. Two files (tensors + a JSON of scalars) could disagree after
+  a kill between their renames, and a resume would then replay steps on already-updated weights;
+  nothing is pickled and nothing needs ``torch.load``;
 - files are written to a temporary name and renamed, so a crash never leaves a half checkpoint.
 """
 
@@ -21,11 +23,15 @@ from typing import Callable, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 STATE_FILE = "train_state.safetensors"
-STATE_META = "train_state.json"
+#: Key of the JSON scalars (step, loss curve, optimiser groups) in the state file's header.
+STATE_META_KEY = "mmbench.train_state"
+#: Old, two-file layout: a state next to it may not match it, so it is never resumed from.
+LEGACY_STATE_META = "train_state.json"
 FINAL_FILE = "connector.safetensors"
 FINAL_META = "meta.json"
 
@@ -105,10 +111,27 @@ def batch_indices(step: int, micro: int, n: int, opts: TrainOptions) -> list[int
     return out
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: ranks may save at once
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)
+
+
+def _read_state(state_path: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """Tensors and scalars of a resumable checkpoint, or None when there is none to resume from."""
+    legacy = state_path.with_name(LEGACY_STATE_META)
+    if legacy.exists():
+        # written by an older mmbench as two files that a kill may have left out of step: start over
+        state_path.unlink(missing_ok=True)
+        legacy.unlink(missing_ok=True)
+        return None
+    if not state_path.exists():
+        return None
+    with safe_open(str(state_path), framework="pt", device=str(device)) as f:
+        header = (f.metadata() or {}).get(STATE_META_KEY)
+    if header is None:
+        return None
+    return load_file(str(state_path), device=str(device)), json.loads(header)
 
 
 def _atomic_json(obj: object, path: Path) -> None:
@@ -183,10 +206,10 @@ def train(
     parts_curve: dict[str, list[tuple[int, float]]] = {}
     start = 0
     elapsed_before = 0.0
-    state_path, meta_path = ckpt_dir / STATE_FILE, ckpt_dir / STATE_META
-    if state_path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        tensors = load_file(str(state_path), device=str(device))
+    state_path = ckpt_dir / STATE_FILE
+    saved = _read_state(state_path, device)
+    if saved is not None:
+        tensors, meta = saved
         module.load_state_dict({k[len("w.") :]: v for k, v in tensors.items() if k.startswith("w.")}, strict=True)
         _restore_optimizer(opt, tensors, meta["param_groups"])
         start = int(meta["step"])
@@ -230,12 +253,10 @@ def train(
         done = step + 1
         if done % opts.save_every == 0 and done < opts.steps:
             opt_t, opt_meta = _optimizer_tensors(opt)
-            _atomic_save({**{f"w.{k}": v for k, v in module.state_dict().items()}, **opt_t}, state_path)
-            _atomic_json(
-                {"step": done, "loss_curve": curve, "seconds": elapsed_before + time.perf_counter() - t0,
-                 **_parts_meta(parts_curve), **opt_meta},
-                meta_path,
-            )
+            scalars = {"step": done, "loss_curve": curve, "seconds": elapsed_before + time.perf_counter() - t0,
+                       **_parts_meta(parts_curve), **opt_meta}
+            _atomic_save({**{f"w.{k}": v for k, v in module.state_dict().items()}, **opt_t}, state_path,
+                         metadata={STATE_META_KEY: json.dumps(scalars)})
         if on_step is not None:
             on_step(done, total)
     if bar is not None:
@@ -249,8 +270,7 @@ def train(
          **_parts_meta(parts_curve)},
         ckpt_dir / FINAL_META,
     )
-    for p in (state_path, meta_path):
-        p.unlink(missing_ok=True)
+    state_path.unlink(missing_ok=True)
     return TrainResult(curve, opts.steps, seconds, start, n_params, extra=_parts_meta(parts_curve))
 
 
@@ -264,10 +284,15 @@ def _read_parts(meta: dict) -> dict[str, list[tuple[int, float]]]:
 
 
 def load_result(ckpt_dir: Path) -> TrainResult | None:
-    """The finished training stored in ``ckpt_dir`` (None if training has not completed there)."""
+    """The finished training stored in ``ckpt_dir`` (None if training has not completed there).
+
+    A resumable state left beside a finished result (a kill between the last write and its
+    clean-up) is removed here: it is three times the connector's size and never used again.
+    """
     meta_path = ckpt_dir / FINAL_META
     if not (ckpt_dir / FINAL_FILE).exists() or not meta_path.exists():
         return None
+    (ckpt_dir / STATE_FILE).unlink(missing_ok=True)
     m = json.loads(meta_path.read_text())
     return TrainResult(
         [(int(s), float(l)) for s, l in m["loss_curve"]],

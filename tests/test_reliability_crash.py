@@ -24,8 +24,10 @@ from tests.test_resume import METRIC_COLS
 
 pytestmark = pytest.mark.slow
 
-LIMIT = 4
-# (pica, magic) × (0-shot, 1-shot) × LIMIT samples
+LIMIT = 7
+# (pica, magic) × (0-shot, 1-shot) × LIMIT samples. The 20 kills below add at most 24 answers even
+# when every timer kill lands one answer late (they stop at the 2nd new answer), so the schedule
+# never finishes the run by itself, however fast the machine.
 N_ANSWERS = 4 * LIMIT
 
 
@@ -134,11 +136,14 @@ def test_killed_interrupted_and_untracked_runs_resume_to_the_uninterrupted_resul
         proc = subprocess.Popen(_cmd(cfg, res), env=_env(tmp_path, arg),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if kind == "timer":
-            # wait until this process has written an answer, then kill at a random moment after it
+            # wait until this process has written an answer, then kill at a random moment after it,
+            # at the latest when it writes a second one (so a fast machine cannot finish the run)
             deadline = time.time() + 120
             while _answers(res) == before and proc.poll() is None and time.time() < deadline:
                 time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.5))
+            kill_at = time.time() + rng.uniform(0.0, 0.5)
+            while time.time() < kill_at and _answers(res) < before + 2 and proc.poll() is None:
+                time.sleep(0.005)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=300)
