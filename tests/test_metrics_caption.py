@@ -164,9 +164,9 @@ def test_bootstrap_cis_are_seeded_and_bracket_the_estimate(flickr, meteor, synth
     assert "200 resamples" in result.info["ci"]
 
 
-def test_bootstrap_cost_is_small():
-    """1000 resamples of 50 images x 5 refs for BLEU/ROUGE/CIDEr (METEOR's is the same 23-column sum)."""
-    import time
+def test_bootstrap_covers_the_java_free_metrics():
+    """Without Java (fallback tokenizer, no METEOR) the bootstrap gives BLEU, ROUGE-L and CIDEr CIs.
+    Its cost is measured in ``benchmarks/bench_bootstrap.py``, not asserted here."""
     rng = np.random.default_rng(0)
     words = "a dog cat man woman runs sits on the grass red blue ball street water jumps in".split()
 
@@ -176,10 +176,9 @@ def test_bootstrap_cost_is_small():
     refs = {i: [sent() for _ in range(5)] for i in range(50)}
     preds = {i: sent() for i in range(50)}
     stats = resamplable_captions(refs, preds, tokenizer="fallback", meteor=False)
-    t0 = time.perf_counter()
-    cis = _bootstrap(stats, 1000, 0)
-    assert time.perf_counter() - t0 < 5.0
+    cis = _bootstrap(stats, 200, 0)
     assert set(cis) == {*BLEU_NAMES, "ROUGE_L", "CIDEr"}
+    assert all(lo <= hi for lo, hi in cis.values())
 
 
 @needs_java
