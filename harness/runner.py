@@ -686,7 +686,9 @@ class Runner:
         return results
 
 
-METRICS_VERSION = "1"
+#: Part of every memoised metric's key; bump it when a metric's numbers or CIs change.
+#: 2: caption CIDEr-D CIs keep the corpus's document frequencies (docs/metrics.md).
+METRICS_VERSION = "2"
 
 
 def merge_metrics(main: MetricResult, extra: MetricResult) -> MetricResult:

@@ -15,7 +15,7 @@ from pycocoevalcap.cider.cider import Cider
 
 from tasks.metrics import MeteorProcess, score_captions
 from tasks.metrics import tokenize as tok_mod
-from tasks.metrics.bootstrap import counts_from_indices
+from tasks.metrics.bootstrap import bootstrap_indices, counts_from_indices
 from tasks.metrics.caption import BLEU_NAMES, _as_dicts, _bootstrap, resamplable_captions, tokenize_corpus
 from tasks.metrics.external import score_coco_results
 from tasks.metrics.meteor import meteor_from_stats
@@ -109,9 +109,10 @@ def test_cider_is_corpus_level_not_one_sample_at_a_time(flickr):
 
 @needs_java
 def test_resample_recomputation_equals_pycocoevalcap_on_the_resampled_corpus(flickr, meteor):
-    """A bootstrap resample is a new corpus: duplicated images are separate documents for CIDEr's df."""
+    """With ``cider_df="resample"`` a resample is a new corpus: duplicated images are separate
+    documents for CIDEr's df. BLEU and METEOR are recomputed at corpus level either way."""
     refs, preds, _ = flickr
-    stats = resamplable_captions(refs, preds, meteor_process=meteor)
+    stats = resamplable_captions(refs, preds, meteor_process=meteor, cider_df="resample")
     tc = tokenize_corpus(refs, preds)
     rng = np.random.default_rng(3)
     for _ in range(3):
@@ -125,6 +126,39 @@ def test_resample_recomputation_equals_pycocoevalcap_on_the_resampled_corpus(fli
             assert ours[name][0] == pytest.approx(bleu[k], abs=1e-10)
         java = meteor.evaluate(stats.meteor[idx])
         assert ours["METEOR"][0] == pytest.approx(java, abs=1e-10)
+
+
+@needs_java
+def test_default_cider_resample_keeps_the_corpus_document_frequencies(flickr, meteor):
+    """By default a resample's CIDEr is the mean of pycocoevalcap's per-image CIDEr (computed once,
+    with the evaluated corpus's df) over the resampled images, repeats counted."""
+    refs, preds, result = flickr
+    stats = resamplable_captions(refs, preds, meteor=False)
+    per = np.asarray(result.per_sample["CIDEr"])
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        idx = rng.integers(0, stats.n, stats.n)
+        ours = stats.resampled(counts_from_indices(idx[None, :], stats.n), only="CIDEr")["CIDEr"][0]
+        assert ours == pytest.approx(per[idx].mean(), abs=1e-12)
+
+
+def test_cider_replicates_are_centred_on_the_estimate_only_with_fixed_df():
+    """Recounting df on a resample makes every drawn-twice image two documents, which lowers the idf of
+    its n-grams: the replicates sit below the corpus value (the point estimate ends near the top of
+    its own CI). With the corpus's df they are centred on it. 40 real Flickr8k images, one human
+    caption scored against the other four."""
+    caps = _flickr_captions()
+    ids = sorted(caps)[:40]
+    refs = {i: caps[i][1:] for i in ids}
+    preds = {i: caps[i][0] for i in ids}
+    point = score_captions(refs, preds, n_boot=0, tokenizer="fallback").values["CIDEr"]
+    w = counts_from_indices(bootstrap_indices(len(ids), 1000, 0), len(ids))
+    shift = {}
+    for mode in ("fixed", "resample"):
+        stats = resamplable_captions(refs, preds, tokenizer="fallback", meteor=False, cider_df=mode)
+        shift[mode] = stats.resampled(w, only="CIDEr")["CIDEr"].mean() / point - 1
+    assert abs(shift["fixed"]) < 0.01, shift
+    assert shift["resample"] < -0.03, shift
 
 
 @needs_java

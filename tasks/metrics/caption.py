@@ -4,7 +4,9 @@ Point estimates are pycocoevalcap's own scorers run the canonical COCO way: PTB-
 and candidates, then ``Bleu(4)``, ``Meteor()``, ``Rouge()``, ``Cider()`` (and ``Spice()`` when its
 jars are installed) on the whole corpus. Values are on pycocoevalcap's 0–1 scale (papers print ×100;
 CIDEr can exceed 1). Bootstrap CIs resample images and recompute each *corpus* metric on every
-resample — CIDEr with the resample's own document frequencies — see ``docs/metrics.md``.
+resample. CIDEr-D keeps the evaluated corpus's document frequencies by default: recounting them on a
+resample treats an image drawn twice as two documents, which real test sets never contain, and biases
+every replicate low (measured in ``docs/metrics.md``); ``cider_df="resample"`` recounts them anyway.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ BLEU_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4")
 _PYCOCOEVALCAP = version("pycocoevalcap")
 CAPTION_METRICS = (*BLEU_NAMES, "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 TokenizerChoice = Literal["auto", "ptb", "fallback"]
+#: How CIDEr-D's document frequencies are treated on a bootstrap resample (see the module docstring).
+CiderDF = Literal["fixed", "resample"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,8 @@ class ResamplableCaptions:
 
     n: int
     bleu: np.ndarray            # (N, 10)
-    cider: CiderCorpus
+    cider_per: np.ndarray       # (N,) per-image CIDEr-D with the evaluated corpus's document frequencies
+    cider: CiderCorpus | None   # sparse statistics to recount document frequencies (cider_df="resample")
     rouge: np.ndarray           # (N,) per-image ROUGE-L (the corpus value is their mean)
     meteor: np.ndarray | None   # (N, 23) METEOR statistics, None without Java
     spice: np.ndarray | None    # (N,) per-image SPICE F, None when unavailable
@@ -109,7 +114,7 @@ class ResamplableCaptions:
         if only in (None, "ROUGE_L"):
             out["ROUGE_L"] = (w @ self.rouge) / size
         if only in (None, "CIDEr"):
-            out["CIDEr"] = self.cider.corpus(w)
+            out["CIDEr"] = self.cider.corpus(w) if self.cider is not None else (w @ self.cider_per) / size
         if self.meteor is not None and only in (None, "METEOR"):
             out["METEOR"] = meteor_from_stats(self.meteor, w)
         if self.spice is not None and only in (None, "SPICE"):
@@ -117,8 +122,10 @@ class ResamplableCaptions:
         return out
 
 
-def _chunk_size(cider: CiderCorpus) -> int:
-    rows = max(1, cider.pair_image.size * 4)
+def _chunk_size(stats: "ResamplableCaptions") -> int:
+    if stats.cider is None:
+        return int(np.clip(20_000_000 // max(stats.n, 1), 1, 1000))  # the (chunk, N) weight matrix
+    rows = max(1, stats.cider.pair_image.size * 4)
     return int(np.clip(2_000_000 // rows, 1, 1000))
 
 
@@ -126,7 +133,7 @@ def _bootstrap(stats: ResamplableCaptions, n_boot: int, seed: int) -> dict[str, 
     if n_boot <= 0:
         return {}
     idx = bootstrap_indices(stats.n, n_boot, seed)
-    chunk = _chunk_size(stats.cider)
+    chunk = _chunk_size(stats)
     reps: dict[str, list[np.ndarray]] = {}
     for start in range(0, n_boot, chunk):
         w = counts_from_indices(idx[start:start + chunk], stats.n)
@@ -137,7 +144,8 @@ def _bootstrap(stats: ResamplableCaptions, n_boot: int, seed: int) -> dict[str, 
 
 def score_captions(references: Mapping[Hashable, Sequence[str]], predictions: Mapping[Hashable, str], *,
                    n_boot: int = DEFAULT_N_BOOT, seed: int = 0, tokenizer: TokenizerChoice = "auto",
-                   spice: bool = True, meteor_process: MeteorProcess | None = None) -> MetricReport:
+                   spice: bool = True, meteor_process: MeteorProcess | None = None,
+                   cider_df: CiderDF = "fixed") -> MetricReport:
     """Score one prediction set against its references (corpus-level), with bootstrap 95% CIs.
 
     ``references`` maps an image id to its human captions, ``predictions`` maps the same ids to one
@@ -188,7 +196,8 @@ def score_captions(references: Mapping[Hashable, Sequence[str]], predictions: Ma
         spice_per = np.asarray(per, dtype=np.float64)
     else:
         unavailable["SPICE"] = spice_reason
-    stats = ResamplableCaptions(len(tc.ids), bleu_stats(tc.hyps, tc.refs), CiderCorpus.build(tc.hyps, tc.refs),
+    stats = ResamplableCaptions(len(tc.ids), bleu_stats(tc.hyps, tc.refs), np.asarray(cider_per, dtype=np.float64),
+                                CiderCorpus.build(tc.hyps, tc.refs) if cider_df == "resample" else None,
                                 np.asarray(rouge_per, dtype=np.float64), meteor_stats, spice_per)
     ci = _bootstrap(stats, n_boot, seed)
     info = {
@@ -196,7 +205,9 @@ def score_captions(references: Mapping[Hashable, Sequence[str]], predictions: Ma
         "implementation": f"pycocoevalcap {_PYCOCOEVALCAP} scorers (Bleu(4), Meteor, Rouge, Cider = CIDEr-D, Spice)",
         "scale": "0-1 as pycocoevalcap returns them (papers print x100)",
         "ci": (f"percentile bootstrap 95%, {n_boot} resamples of images, seed {seed}; each corpus metric "
-               "recomputed per resample (CIDEr with the resample's document frequencies)") if n_boot > 0 else "none",
+               "recomputed per resample (CIDEr-D with "
+               + ("the resample's recounted document frequencies)" if cider_df == "resample"
+                  else "the evaluated corpus's document frequencies)")) if n_boot > 0 else "none",
         "n_samples": str(len(tc.ids)),
         "n_empty_predictions": str(sum(1 for i in tc.ids if not predictions[i].strip())),
     }
@@ -208,12 +219,14 @@ def score_captions(references: Mapping[Hashable, Sequence[str]], predictions: Ma
 
 def resamplable_captions(references: Mapping[Hashable, Sequence[str]], predictions: Mapping[Hashable, str], *,
                          tokenizer: TokenizerChoice = "auto", meteor: bool = True,
-                         meteor_process: MeteorProcess | None = None) -> ResamplableCaptions:
+                         meteor_process: MeteorProcess | None = None,
+                         cider_df: CiderDF = "fixed") -> ResamplableCaptions:
     """Tokenise once and collect what is needed to recompute corpus metrics on resamples."""
     java_ok = java_unavailable_reason() is None and tokenizer != "fallback"
     tc = tokenize_corpus(references, predictions, tokenizer)
     gts, res = _as_dicts(tc)
     _, rouge_per = Rouge().compute_score(gts, res)
+    _, cider_per = Cider().compute_score(gts, res)
     meteor_stats = None
     if meteor and java_ok and tc.tokenizer == TOKENIZER_PTB:
         if meteor_process is not None:
@@ -221,13 +234,14 @@ def resamplable_captions(references: Mapping[Hashable, Sequence[str]], predictio
         else:
             with MeteorProcess() as proc:
                 meteor_stats = proc.score(tc.hyps, tc.refs).stats
-    return ResamplableCaptions(len(tc.ids), bleu_stats(tc.hyps, tc.refs), CiderCorpus.build(tc.hyps, tc.refs),
+    return ResamplableCaptions(len(tc.ids), bleu_stats(tc.hyps, tc.refs), np.asarray(cider_per, dtype=np.float64),
+                               CiderCorpus.build(tc.hyps, tc.refs) if cider_df == "resample" else None,
                                np.asarray(rouge_per, dtype=np.float64), meteor_stats, None)
 
 
 def corpus_metric(references: Mapping[Hashable, Sequence[str]], predictions: Mapping[Hashable, str],
                   metric: str = "CIDEr", *, tokenizer: TokenizerChoice = "auto",
-                  meteor_process: MeteorProcess | None = None) -> Callable[[np.ndarray], float]:
+                  meteor_process: MeteorProcess | None = None, cider_df: CiderDF = "fixed") -> Callable[[np.ndarray], float]:
     """A function ``positions -> corpus metric on those images`` for :func:`paired_bootstrap_corpus`.
 
     Positions index the ids in ``references``' order (repeats allowed: a bootstrap resample).
@@ -236,7 +250,7 @@ def corpus_metric(references: Mapping[Hashable, Sequence[str]], predictions: Map
     if metric not in allowed:
         raise ValueError(f"metric must be one of {allowed}, got {metric!r}")
     stats = resamplable_captions(references, predictions, tokenizer=tokenizer, meteor=metric == "METEOR",
-                                 meteor_process=meteor_process)
+                                 meteor_process=meteor_process, cider_df=cider_df)
     if metric == "METEOR" and stats.meteor is None:
         raise RuntimeError(f"METEOR needs Java and PTB tokenisation: {java_unavailable_reason() or 'fallback tokenizer'}")
 
