@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from harness.atomic import atomic_json, atomic_path
 
 STATE_FILE = "train_state.safetensors"
 #: Key of the JSON scalars (step, loss curve, optimiser groups) in the state file's header.
@@ -111,56 +112,69 @@ def batch_indices(step: int, micro: int, n: int, opts: TrainOptions) -> list[int
     return out
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: ranks may save at once
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+@dataclass
+class TrainState:
+    """A resumable checkpoint: weights, extra tensors (e.g. RNG states) and the JSON scalars."""
+
+    weights: dict[str, torch.Tensor]
+    extra: dict[str, torch.Tensor]
+    scalars: dict
 
 
-def _read_state(state_path: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], dict] | None:
-    """Tensors and scalars of a resumable checkpoint, or None when there is none to resume from."""
-    legacy = state_path.with_name(LEGACY_STATE_META)
-    if legacy.exists():
-        # written by an older mmbench as two files that a kill may have left out of step: start over
-        state_path.unlink(missing_ok=True)
-        legacy.unlink(missing_ok=True)
-        return None
-    if not state_path.exists():
-        return None
-    with safe_open(str(state_path), framework="pt", device=str(device)) as f:
-        header = (f.metadata() or {}).get(STATE_META_KEY)
-    if header is None:
-        return None
-    return load_file(str(state_path), device=str(device)), json.loads(header)
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
-def _atomic_json(obj: object, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+def save_train_state(path: Path, weights: dict[str, torch.Tensor], opt: torch.optim.Optimizer, scalars: dict,
+                     extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Write weights, AdamW moments, ``extra`` tensors and ``scalars`` as *one* file, atomically.
 
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    ``weights`` must hold each tensor once (pass ``dict(model.named_parameters())`` for a model with
+    tied embeddings: safetensors refuses shared storage).
+    """
     sd = opt.state_dict()
-    tensors = {}
+    tensors = {f"w.{k}": v for k, v in weights.items()}
     for idx, st in sd["state"].items():
         for k, v in st.items():
             tensors[f"opt.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-    return tensors, {"param_groups": sd["param_groups"]}
+    tensors.update({f"x.{k}": v for k, v in (extra or {}).items()})
+    header = {**scalars, "param_groups": sd["param_groups"]}
+    _save_tensors(tensors, path, metadata={STATE_META_KEY: json.dumps(header)})
 
 
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+def load_train_state(path: Path, opt: torch.optim.Optimizer, device: torch.device | str) -> TrainState | None:
+    """The checkpoint at ``path`` with ``opt`` restored from it, or None when there is none to resume from."""
+    legacy = path.with_name(LEGACY_STATE_META)
+    if legacy.exists():
+        # written by an older mmbench as two files that a kill may have left out of step: start over
+        path.unlink(missing_ok=True)
+        legacy.unlink(missing_ok=True)
+        return None
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        header = (f.metadata() or {}).get(STATE_META_KEY)
+    if header is None:
+        return None
+    tensors = load_file(str(path), device=str(device))
+    scalars = json.loads(header)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
         if key.startswith("opt."):
             _, idx, name = key.split(".", 2)
             state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": groups})
+    opt.load_state_dict({"state": state, "param_groups": scalars.pop("param_groups")})
+    return TrainState(
+        weights={k[2:]: v for k, v in tensors.items() if k.startswith("w.")},
+        extra={k[2:]: v for k, v in tensors.items() if k.startswith("x.")},
+        scalars=scalars,
+    )
 
 
 def save_weights(module: nn.Module, path: Path) -> None:
     """Trainable weights only (the frozen LLM and encoder are not the adapter's to store)."""
-    _atomic_save({k: v for k, v in module.state_dict().items()}, path)
+    _save_tensors(dict(module.state_dict()), path)
 
 
 def load_weights(module: nn.Module, path: Path) -> None:
@@ -207,11 +221,10 @@ def train(
     start = 0
     elapsed_before = 0.0
     state_path = ckpt_dir / STATE_FILE
-    saved = _read_state(state_path, device)
+    saved = load_train_state(state_path, opt, device)
     if saved is not None:
-        tensors, meta = saved
-        module.load_state_dict({k[len("w.") :]: v for k, v in tensors.items() if k.startswith("w.")}, strict=True)
-        _restore_optimizer(opt, tensors, meta["param_groups"])
+        meta = saved.scalars
+        module.load_state_dict(saved.weights, strict=True)
         start = int(meta["step"])
         curve = [(int(s), float(l)) for s, l in meta["loss_curve"]]
         parts_curve = _read_parts(meta)
@@ -252,11 +265,9 @@ def train(
             bar.set_postfix(loss=f"{total:.3f}")
         done = step + 1
         if done % opts.save_every == 0 and done < opts.steps:
-            opt_t, opt_meta = _optimizer_tensors(opt)
-            scalars = {"step": done, "loss_curve": curve, "seconds": elapsed_before + time.perf_counter() - t0,
-                       **_parts_meta(parts_curve), **opt_meta}
-            _atomic_save({**{f"w.{k}": v for k, v in module.state_dict().items()}, **opt_t}, state_path,
-                         metadata={STATE_META_KEY: json.dumps(scalars)})
+            save_train_state(state_path, dict(module.state_dict()), opt,
+                             {"step": done, "loss_curve": curve, "seconds": elapsed_before + time.perf_counter() - t0,
+                              **_parts_meta(parts_curve)})
         if on_step is not None:
             on_step(done, total)
     if bar is not None:
@@ -265,7 +276,7 @@ def train(
     seconds = elapsed_before + time.perf_counter() - t0
     n_params = sum(p.numel() for p in params)
     save_weights(module, ckpt_dir / FINAL_FILE)
-    _atomic_json(
+    atomic_json(
         {"steps": opts.steps, "loss_curve": curve, "seconds": seconds, "resumed_from": start, "trainable_params": n_params,
          **_parts_meta(parts_curve)},
         ckpt_dir / FINAL_META,

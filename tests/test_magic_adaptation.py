@@ -333,3 +333,78 @@ def test_flickr8k_corpus_is_train_split_and_text_only_captions() -> None:
     val = load_heldout(o)
     assert 0 < len(val) <= o.heldout_max
     assert val == [r for s in load_dataset("flickr8k", "val", {"root": str(root)}).samples for r in s.references][: len(val)]
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL (nothing after it runs)."""
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_killed_adaptation_resumes_to_the_uninterrupted_weights(tmp_path, dropout) -> None:
+    """Weights, AdamW moments, loss curve and the RNG (dropout masks) come back from the checkpoint."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from harness.training import STATE_FILE
+
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=97, n_positions=32, resid_pdrop=dropout,
+                     embd_pdrop=dropout, attn_pdrop=dropout)
+
+    def fresh() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(cfg).float()
+
+    seqs = [[1 + (i * 7 + j * 3) % 90 for j in range(4 + i % 5)] for i in range(24)]
+    o = _opts(steps=7, save_every=2, batch_size=4, lr=1e-2)
+    ref = fresh()
+    ref_curve, ref_start = la.train_copy(ref, seqs, o, 0, progress=False)
+    assert ref_start == 0 and len(ref_curve) == 7
+
+    state = tmp_path / STATE_FILE
+
+    def die_after_5(step: int) -> None:
+        if step == 5:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        la.train_copy(fresh(), seqs, o, 0, state_path=state, progress=False, on_step=die_after_5)
+    assert state.is_file()
+    resumed = fresh()
+    curve, start = la.train_copy(resumed, seqs, o, 0, state_path=state, progress=False)
+    assert start == 4  # the checkpoint of step 4; step 5 is redone
+    assert curve == ref_curve
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    # tied input/output embeddings stay one tensor after the resume
+    assert resumed.lm_head.weight.data_ptr() == resumed.transformer.wte.weight.data_ptr()
+
+
+def test_adapt_language_model_resumes_a_killed_adaptation_and_cleans_up(tiny_llm, tmp_path, monkeypatch) -> None:
+    o = _opts(steps=6, save_every=2, heldout_split=None)
+    corpus = load_corpus(o)
+    ident = base_llm_identity(Shared(tiny_llm, None, tmp_path))
+    full = adapt_language_model(tiny_llm, corpus, o, tmp_path / "full", base_identity=ident, progress=False)
+    assert full.meta["resumed_from"] == 0
+
+    calls = {"n": 0}
+    real = la.lm_simctg_loss
+
+    def dying_loss(*a: Any, **k: Any):
+        calls["n"] += 1
+        if calls["n"] == 4:  # inside step 4: the step-2 checkpoint is on disk
+            raise _Killed
+        return real(*a, **k)
+
+    monkeypatch.setattr(la, "lm_simctg_loss", dying_loss)
+    with pytest.raises(_Killed):
+        adapt_language_model(tiny_llm, corpus, o, tmp_path / "killed", base_identity=ident, progress=False)
+    monkeypatch.setattr(la, "lm_simctg_loss", real)
+    directory = tmp_path / "killed" / "lm_adaptation" / full.key
+    assert (directory / "train_state.safetensors").is_file() and la.read_sidecar(directory) is None
+
+    again = adapt_language_model(tiny_llm, corpus, o, tmp_path / "killed", base_identity=ident, progress=False)
+    assert again.meta["resumed_from"] == 2 and again.trained_steps == 4
+    assert again.meta["loss_curve"] == full.meta["loss_curve"]
+    ref = full.llm.model.state_dict()
+    for k, v in again.llm.model.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    assert sorted(p.name for p in directory.iterdir()) == ["adaptation.json", "model.safetensors"]

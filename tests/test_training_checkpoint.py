@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+import harness.atomic as A
 import harness.training as T
 
 OPTS = T.TrainOptions(steps=7, batch_size=3, lr=5e-2, warmup_steps=1, save_every=2, seed=3)
@@ -58,7 +59,7 @@ def _replaces(tmp_path: Path) -> int:
         real(src, dst)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(T.os, "replace", counting)
+        mp.setattr(A.os, "replace", counting)
         _train(tmp_path / "count")
     return count
 
@@ -83,7 +84,7 @@ def test_kill_at_every_checkpoint_rename_resumes_to_the_uninterrupted_weights(tm
                 raise _Killed  # the rename happened, nothing after it did
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(T.os, "replace", dying)
+            mp.setattr(A.os, "replace", dying)
             with pytest.raises(_Killed):
                 _train(ckpt)
         done = T.load_result(ckpt)
@@ -113,9 +114,11 @@ def test_state_file_carries_its_own_step(tmp_path):
     with pytest.raises(_Stop):
         T.train(m, lambda idx: nn.functional.mse_loss(m(x[list(idx)]), y[list(idx)]), N, OPTS, tmp_path,
                 progress=False, on_step=stop)
-    tensors, scalars = T._read_state(tmp_path / T.STATE_FILE, torch.device("cpu"))
-    assert scalars["step"] == 4 and len(scalars["loss_curve"]) == 4
-    assert any(k.startswith("w.") for k in tensors)
+    opt = torch.optim.AdamW(_module().parameters())
+    state = T.load_train_state(tmp_path / T.STATE_FILE, opt, "cpu")
+    assert state.scalars["step"] == 4 and len(state.scalars["loss_curve"]) == 4
+    assert set(state.weights) == set(m.state_dict()) and all(torch.equal(state.weights[k], v) for k, v in m.state_dict().items())
+    assert opt.state_dict()["state"][0]["step"] == 4  # AdamW moments restored with the weights
     assert sorted(p.name for p in tmp_path.iterdir()) == [T.STATE_FILE]
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.config import repo_root, stable_hash
-from harness.training import TrainResult, _atomic_json, batch_indices
+from harness.atomic import atomic_json, atomic_path
+from harness.training import STATE_FILE, TrainResult, batch_indices, load_train_state, save_train_state
 from paradigms.guided_decoding.common import positions_from_mask
 from paradigms.guided_decoding.lm_step import head_logits, trunk_forward
 
@@ -110,6 +110,10 @@ class AdaptationOptions(BaseModel):
     max_length: int = Field(64, ge=2, description="caption tokens kept (start text and EOS not counted), as the authors' max_len")
     seed: int = 0
     text_format: CaptionTextFormat = CaptionTextFormat()
+    save_every: int = Field(
+        50, ge=1, description="steps between resumable checkpoints (weights + AdamW moments + RNG, ~12 bytes a "
+        "parameter); a killed adaptation resumes from the last one to the same weights. Not part of the cache key",
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -380,28 +384,52 @@ def train_copy(
     o: AdaptationOptions,
     pad_id: int,
     *,
+    state_path: Path | None = None,
     progress: bool = True,
-) -> list[tuple[int, float, float, float]]:
-    """Train ``model`` (already a copy, float32) in place; returns [(step, total, mle, cl)] per step."""
+    on_step: Any = None,
+) -> tuple[list[tuple[int, float, float, float]], int]:
+    """Train ``model`` (already a copy, float32) in place; returns ([(step, total, mle, cl)], resumed_from).
+
+    With ``state_path``, a checkpoint is written there every ``o.save_every`` steps and a run finds
+    and resumes from it: weights, AdamW moments, loss curve and the torch RNG state (dropout) are
+    restored, and the batch at a step is a function of (seed, step), so the result is the
+    uninterrupted run's. ``on_step(step)`` runs after each step (tests simulate a crash with it).
+    """
     global TRAININGS_STARTED
     if not seqs:
         raise ValueError("LM adaptation: no caption has 2 or more tokens")
     TRAININGS_STARTED += 1
     model.train()
-    params = [p for p in model.parameters()]
+    named = dict(model.named_parameters())  # each tied tensor once
+    params = list(named.values())
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, eps=1e-6)
+    device = params[0].device
     curve: list[tuple[int, float, float, float]] = []
+    start = 0
+    saved = load_train_state(state_path, opt, device) if state_path is not None else None
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=o.steps, desc="adapting LM to captions (MAGIC)", leave=False)
+        bar = tqdm(total=o.steps, initial=start, desc="adapting LM to captions (MAGIC)", leave=False)
     every = max(1, o.steps // 10)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(o.seed)
-        for step in range(o.steps):
+        if saved is not None:
+            with torch.no_grad():
+                for name, p in named.items():
+                    p.copy_(saved.weights[name])
+            torch.set_rng_state(saved.extra["rng_cpu"].cpu())
+            if device.type == "cuda" and "rng_cuda" in saved.extra:
+                torch.cuda.set_rng_state(saved.extra["rng_cuda"].cpu(), device)
+            start = int(saved.scalars["step"])
+            curve = [(int(a), float(b), float(c), float(d)) for a, b, c, d in saved.scalars["loss_curve"]]
+            log.info("LM adaptation resumed at step %d/%d from %s", start, o.steps, state_path)
+            if bar is not None:
+                bar.update(start)
+        for step in range(start, o.steps):
             for g in opt.param_groups:
                 g["lr"] = o.lr * lr_factor(step, o.steps, o.warmup_fraction)
             opt.zero_grad(set_to_none=True)
@@ -421,6 +449,14 @@ def train_copy(
                 bar.set_postfix(loss=f"{tot:.3f}")
             if (step + 1) % every == 0 or step + 1 == o.steps:
                 log.info("LM adaptation step %d/%d: loss %.4f (MLE %.4f, contrastive %.4f)", step + 1, o.steps, tot, mle_sum, cl_sum)
+            if state_path is not None and (step + 1) % o.save_every == 0 and step + 1 < o.steps:
+                rng = {"rng_cpu": torch.get_rng_state()}
+                if device.type == "cuda":
+                    rng["rng_cuda"] = torch.cuda.get_rng_state(device)
+                save_train_state(state_path, {k: p.detach() for k, p in named.items()}, opt,
+                                 {"step": step + 1, "loss_curve": curve}, extra=rng)
+            if on_step is not None:
+                on_step(step + 1)
     if bar is not None:
         bar.close()
     opt.zero_grad(set_to_none=True)
@@ -428,15 +464,14 @@ def train_copy(
     model.eval()
     for p in params:
         p.requires_grad_(False)
-    return curve
+    return curve, start
 
 
 def _atomic_weights(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import save_model
 
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_model(model, str(tmp))  # handles tied embeddings (shared tensors) that save_file rejects
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp))  # handles tied embeddings (shared tensors) that save_file rejects
 
 
 def read_sidecar(directory: Path) -> dict[str, Any] | None:
@@ -471,7 +506,8 @@ class AdaptedLM:
         curve = [(int(r[0]), float(r[1])) for r in rows]
         parts = {"mle": [(int(r[0]), float(r[2])) for r in rows], "contrastive": [(int(r[0]), float(r[3])) for r in rows]}
         return TrainResult(
-            curve, int(self.meta["steps"]), float(self.meta["seconds"]), 0, int(self.meta["trainable_params"]),
+            curve, int(self.meta["steps"]), float(self.meta["seconds"]), int(self.meta.get("resumed_from", 0)),
+            int(self.meta["trainable_params"]),
             extra={"lm_adaptation": self.key, "parts_curve": parts},
         )
 
@@ -518,10 +554,10 @@ def adapt_language_model(
         log.info("adapting %s to %d captions (%s), %d steps; stored under %s", base.name, len(seqs), corpus.describe(), o.steps, directory)
         model.float()
         t0 = time.perf_counter()
-        curve = train_copy(model, seqs, o, pad_id, progress=progress)
-        seconds = time.perf_counter() - t0
-        trained = o.steps
         directory.mkdir(parents=True, exist_ok=True)
+        curve, resumed_from = train_copy(model, seqs, o, pad_id, state_path=directory / STATE_FILE, progress=progress)
+        seconds = time.perf_counter() - t0
+        trained = o.steps - resumed_from
         _atomic_weights(model, directory / WEIGHTS_FILE)
         model.to(base_dtype)
         meta = {
@@ -532,14 +568,17 @@ def adapt_language_model(
                        "n_sequences": len(seqs), "dropped_short": dropped},
             "options": o.model_dump(mode="json", include=set(TRAINING_FIELDS)),
             "steps": o.steps,
-            "seconds": round(seconds, 2),
+            "resumed_from": resumed_from,
+            "seconds": round(seconds, 2),  # of the process that finished it (steps resumed_from..steps)
             "trainable_params": sum(p.numel() for p in model.parameters()),
             "loss_curve": [[s, round(t, 6), round(m, 6), round(c, 6)] for s, t, m, c in curve],
             "loss_curve_columns": ["step", "total", "mle", "contrastive"],
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         }
-        _atomic_json(meta, directory / SIDECAR_FILE)
+        atomic_json(meta, directory / SIDECAR_FILE)
+        (directory / STATE_FILE).unlink(missing_ok=True)
     else:
+        (directory / STATE_FILE).unlink(missing_ok=True)  # left by a kill just after the sidecar was written
         from safetensors.torch import load_model
 
         load_model(model, str(directory / WEIGHTS_FILE), strict=True, device=str(next(model.parameters()).device))
@@ -551,7 +590,7 @@ def adapt_language_model(
             before = caption_nll(base.model, seqs, pad_id)
             after = caption_nll(model, seqs, pad_id)
             meta = {**meta, "heldout": {**meta.get("heldout", {}), name: {"before": round(before, 5), "after": round(after, 5), "n": len(seqs)}}}
-            _atomic_json(meta, directory / SIDECAR_FILE)
+            atomic_json(meta, directory / SIDECAR_FILE)
     llm = LanguageModel(model, tok, f"{base.fingerprint}+magic_lm:{key}", f"{base.name} (MAGIC caption-adapted {key})")
     return AdaptedLM(llm=llm, key=key, directory=directory, meta=meta, trained_steps=trained)
 

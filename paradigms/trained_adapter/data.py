@@ -7,7 +7,6 @@ checkpoint so an interrupted training resumes without re-encoding.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -17,6 +16,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
+from harness.atomic import atomic_path
 from harness.config import stable_hash
 
 
@@ -96,7 +96,6 @@ def encode_images(
             out[i] = f.detach().to("cpu", torch.float16).clone()
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")  # ranks may write at once
-        save_file(out, str(tmp))
-        tmp.replace(cache_file)
+        with atomic_path(cache_file) as tmp:  # ranks may write at once
+            save_file(out, str(tmp))
     return out
