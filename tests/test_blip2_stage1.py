@@ -348,6 +348,23 @@ def test_interrupted_stage1_resumes_to_the_same_weights(world_pairs, world_feats
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_full_text_vocabulary_trains_and_reads_words_the_captions_lack(world_pairs, world_feats, tmp_path):
+    """``text_vocab: full`` keeps all of MiniLM's WordPiece ids (a word absent from the training
+    captions is not [UNK]); ``train`` keeps only the captions' ids. Both train, under different keys."""
+    pairs = world_pairs[:16]
+    full_opts, train_opts = _opts(steps=2, text_vocab="full"), _opts(steps=2)
+    full = _train(full_opts, pairs, world_feats, tmp_path / "full")
+    small = _train(train_opts, pairs, world_feats, tmp_path / "train")
+    assert full.tokenizer.vocab_size == len(full.tokenizer.hf) + 1 > small.tokenizer.vocab_size
+    unseen = "saxophone"
+    assert not any(unseen in p.caption.lower() for p in world_pairs)
+    (f_ids,), (s_ids,) = full.tokenizer.token_lists([unseen], 8), small.tokenizer.token_lists([unseen], 8)
+    assert full.tokenizer.unk_id not in f_ids and small.tokenizer.unk_id in s_ids
+    assert all(math.isfinite(l) for _, l in full.result.loss_curve)
+    assert full.model.lm_bias.numel() == full.tokenizer.vocab_size
+    assert s1.stage1_key(full_opts, pairs, "test-encoder") != s1.stage1_key(train_opts, pairs, "test-encoder")
+
+
 # ----------------------------------------------------------------------------- MiniLM initialisation
 
 
