@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from harness.atomic import atomic_json, atomic_path
+from harness.cache import fault_point
 
 STATE_FILE = "train_state.safetensors"
 #: Key of the JSON scalars (step, loss curve, optimiser groups) in the state file's header.
@@ -270,6 +271,7 @@ def train(
                               **_parts_meta(parts_curve)})
         if on_step is not None:
             on_step(done, total)
+        fault_point("train_step")
     if bar is not None:
         bar.close()
     module.eval()

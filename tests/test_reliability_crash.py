@@ -2,7 +2,8 @@
 inside cache writes and inside MLflow calls, via ``MMBENCH_FAULT``), interrupted with Ctrl-C, and
 loses its tracking store mid-run; each time it is resumed. It must end with exactly the metrics of
 an uninterrupted run, one cached answer per sample (none lost, none duplicated), an intact SQLite
-file, and no MLflow run left RUNNING."""
+file, and no MLflow run left RUNNING. The first test kills text_conversion and guided_decoding; the
+second kills tool_agent and trained_adapter, four times inside the connector's training."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from tests.test_resume import METRIC_COLS
@@ -215,3 +217,90 @@ def test_unreachable_tracking_server_fails_fast_before_compute(tmp_path, tiny_ll
     assert "Traceback" not in done.stderr
     assert _answers(tmp_path / "r") == 0
     assert took < 90, f"took {took:.0f} s to give up on a closed port"
+
+
+#: The other two paradigms, with a kill inside connector training. Per process, ``train_step:n``
+#: dies after the n-th optimiser step it makes (6 steps, checkpoints after steps 2 and 4).
+AGENT_ADAPTER_KILLS = [
+    "train_step:1",   # before the first checkpoint: training restarts from step 0
+    "train_step:3",   # after step 3: the step-2 checkpoint is on disk
+    "train_step:2",   # resumed at 2, dies after step 4 (its checkpoint written)
+    "train_step:2",   # resumed at 4, dies after step 6, before the final weights are saved
+    "cache_write:1",  # resumed at 4, finishes training; dies inside the first answer's write
+    "timer",
+    "mlflow:{pre}",
+    "cache_write:2",  # inside the adapter's answers
+    "cache_write:2",  # its last answer is written, the next write dies
+    "timer",          # inside the agent's answers (the test checks that answers of both units were written)
+]
+
+
+def test_agent_and_adapter_killed_inside_training_and_answering_resume_to_the_uninterrupted_result(tmp_path, tiny_llm_dir):
+    limit = 4
+    cfg = {
+        "name": "crash-agent-adapter", "seed": 0, "limit": limit, "batch_size": 1, "bootstrap": 50,
+        "paradigms": [
+            {"name": "trained_adapter/frozen", "options": {"train": {"steps": 6, "batch_size": 2, "save_every": 2}}},
+            {"name": "tool_agent/mm_react", "options": {"max_steps": 2}},
+        ],
+        "tasks": [{"name": "world_vqa"}],
+        "models": {"llm": {"source": "local", "name": str(tiny_llm_dir), "device": "cpu", "dtype": "float32"}},
+        "generation": {"max_new_tokens": 4},
+    }  # fmt: skip
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    n_answers = 2 * limit
+
+    def env(cache: str, fault: str | None = None) -> dict[str, str]:
+        e = _env(tmp_path, fault)
+        e["MMBENCH_CACHE"] = str(tmp_path / cache)  # each series trains its own connector
+        return e
+
+    ref = tmp_path / "ref"
+    done = subprocess.run(_cmd(path, ref), env=env("cache_ref"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _answers(ref) == n_answers
+
+    res = tmp_path / "res"
+    rng = random.Random(5)
+    progress = []
+    for fault in AGENT_ADAPTER_KILLS:
+        before = _answers(res)
+        arg = None if fault == "timer" else fault.format(pre=rng.randint(1, 5))
+        proc = subprocess.Popen(_cmd(path, res), env=env("cache_res", arg), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        if fault == "timer":
+            deadline = time.time() + 120
+            while _answers(res) == before and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            kill_at = time.time() + rng.uniform(0.0, 0.3)
+            while time.time() < kill_at and _answers(res) < before + 2 and proc.poll() is None:
+                time.sleep(0.005)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == -signal.SIGKILL, f"{fault} {progress}: exit {proc.returncode}\n{err[-2000:]}"
+        _integrity(res)
+        progress.append(_answers(res))
+    assert progress[3] == 0, progress  # the first four kills were inside training
+    assert limit < progress[-1] < n_answers, progress  # the last ones inside the agent's answers
+
+    final = subprocess.run(_cmd(path, res), env=env("cache_res"), capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    _integrity(res)
+    assert _answers(res) == n_answers
+    pd.testing.assert_frame_equal(_metrics(ref), _metrics(res))
+    assert _texts(ref) == _texts(res)
+
+    # the connector trained through four kills is the uninterrupted one, bit for bit
+    from safetensors.torch import load_file
+
+    (ref_dir,) = [p.parent for p in (tmp_path / "cache_ref").rglob("connector.safetensors")]
+    (res_dir,) = [p.parent for p in (tmp_path / "cache_res").rglob("connector.safetensors")]
+    assert ref_dir.name == res_dir.name  # same adapter key
+    a, b = load_file(str(ref_dir / "connector.safetensors")), load_file(str(res_dir / "connector.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    meta = json.loads((res_dir / "meta.json").read_text())
+    assert meta["resumed_from"] == 4 and meta["loss_curve"] == json.loads((ref_dir / "meta.json").read_text())["loss_curve"]
+    assert not list(res_dir.glob("train_state*")) and not list(res_dir.glob("*.tmp"))
+    print(f"\nkills: {AGENT_ADAPTER_KILLS}\nanswers after each kill: {progress}")
