@@ -42,9 +42,10 @@ CREATE TABLE IF NOT EXISTS memo (
 #: fail, so crash-safety tests can land a kill *inside* a cache write or an MLflow call instead of
 #: hoping a timer does. Sites: ``cache_write`` (inside the SQLite transaction, before COMMIT),
 #: ``mlflow`` (before each tracking call) and ``train_step`` (after each optimiser step of a
-#: connector training, and after its checkpoint when one is due). Actions: ``kill`` (SIGKILL this process, the default),
-#: ``sigint`` (send SIGINT to this process, as Ctrl-C would) and ``raise`` (raise ``ConnectionError``
-#: at the n-th and every later visit: a tracking server that went away). Inert when unset.
+#: connector training, and after its checkpoint when one is due). Actions: ``kill`` (SIGKILL this
+#: process, the default), ``sigint`` (send SIGINT to this process, as Ctrl-C would) and ``raise``
+#: (raise ``ConnectionError`` at the n-th and every later visit: a tracking server that went away).
+#: Inert when unset.
 _fault_counts: dict[str, int] = {}
 
 

@@ -413,7 +413,7 @@ def train_copy(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=o.steps, initial=start, desc="adapting LM to captions (MAGIC)", leave=False)
+        bar = tqdm(total=o.steps, desc="adapting LM to captions (MAGIC)", leave=False)
     every = max(1, o.steps // 10)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(o.seed)
