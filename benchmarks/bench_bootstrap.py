@@ -13,15 +13,14 @@ default; ``resample``: recounted on each resample). Writes ``benchmarks/results/
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
+from _report import add_output_args, emit
 from harness.tracking import hardware
 from tasks.metrics.caption import _as_dicts, _bootstrap, resamplable_captions, tokenize_corpus
 
@@ -69,17 +68,13 @@ def main() -> None:
     ap.add_argument("--images", type=int, nargs="+", default=[50, 500, 5000])
     ap.add_argument("--boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    ap.add_argument("--no-write", action="store_true")
+    add_output_args(ap)
     args = ap.parse_args()
     rows = [measure(n, args.boot, args.seed) for n in args.images]
     result = {"benchmark": "caption_bootstrap_cost", "rows": rows, "hardware": hardware(),
               "note": "bootstrap_over_one_scoring: seconds for all resamples / seconds for one pycocoevalcap "
                       "BLEU+ROUGE+CIDEr scoring of the same corpus, both in this process"}
-    print(json.dumps(result, indent=1))
-    if not args.no_write:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bootstrap_cpu.json").write_text(json.dumps(result, indent=1) + "\n")
+    emit(result, args, "bootstrap_cpu.json")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ writes ``benchmarks/results/harness_<device>.json`` with the hardware named.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 from harness.config import default_config_path, load_config
 from harness.evaluate import run_evaluation
+from _report import add_output_args, emit
 from harness.tracking import hardware
 
 
@@ -23,8 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", type=Path, default=default_config_path())
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    ap.add_argument("--no-write", action="store_true")
+    add_output_args(ap)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(args.config, {"results_dir": tmp, "limit": args.limit})
@@ -43,10 +42,7 @@ def main() -> None:
         "note": "metrics (incl. METEOR's JVM and bootstrap CIs), input loading and adapter training are reported "
                 "separately and not counted as harness overhead",
     }
-    print(json.dumps(result, indent=1))
-    if not args.no_write:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "harness_cpu.json").write_text(json.dumps(result, indent=1) + "\n")
+    emit(result, args, "harness_cpu.json")
 
 
 if __name__ == "__main__":

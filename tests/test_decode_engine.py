@@ -1,7 +1,8 @@
 """The static-KV-cache decode engine gives generate()'s greedy tokens, and is wired in honestly.
 
-CPU float32 here; the CUDA-graph replay of the same step code is exercised by
-benchmarks/bench_decode_gpu.py on a GPU.
+CPU float32 here; the CUDA-graph replay of the same step code is exercised (token agreement
+included) by ``benchmarks/bench_decode.py`` on a GPU, via ``benchmarks/gpu_suite.sh`` (not yet run:
+no GPU has been available to this project).
 """
 
 from __future__ import annotations

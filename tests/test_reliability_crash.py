@@ -111,6 +111,19 @@ def _fault(template: str, answers: int, rng: random.Random) -> str:
     return template.format(pre=rng.randint(1, 5), unit=rng.randint(6, 11) if unit_cached else rng.randint(1, 5))
 
 
+def _kill_after_an_answer(proc: subprocess.Popen, results: Path, before: int, delay: float) -> None:
+    """SIGKILL ``proc`` ``delay`` seconds after it writes an answer, or as soon as it writes a second
+    one (so a fast machine cannot finish the run between two kills)."""
+    deadline = time.time() + 120
+    while _answers(results) == before and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    kill_at = time.time() + delay
+    while time.time() < kill_at and _answers(results) < before + 2 and proc.poll() is None:
+        time.sleep(0.005)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+
+
 def _integrity(results: Path) -> None:
     with sqlite3.connect(results / "cache.sqlite") as c:
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -138,16 +151,7 @@ def test_killed_interrupted_and_untracked_runs_resume_to_the_uninterrupted_resul
         proc = subprocess.Popen(_cmd(cfg, res), env=_env(tmp_path, arg),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if kind == "timer":
-            # wait until this process has written an answer, then kill at a random moment after it,
-            # at the latest when it writes a second one (so a fast machine cannot finish the run)
-            deadline = time.time() + 120
-            while _answers(res) == before and proc.poll() is None and time.time() < deadline:
-                time.sleep(0.02)
-            kill_at = time.time() + rng.uniform(0.0, 0.5)
-            while time.time() < kill_at and _answers(res) < before + 2 and proc.poll() is None:
-                time.sleep(0.005)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
+            _kill_after_an_answer(proc, res, before, rng.uniform(0.0, 0.5))
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == -signal.SIGKILL, f"{faults}, {progress}: exit {proc.returncode}\n{err[-2000:]}"
         kills[kind] += 1
@@ -270,14 +274,7 @@ def test_agent_and_adapter_killed_inside_training_and_answering_resume_to_the_un
         proc = subprocess.Popen(_cmd(path, res), env=env("cache_res", arg), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         if fault == "timer":
-            deadline = time.time() + 120
-            while _answers(res) == before and proc.poll() is None and time.time() < deadline:
-                time.sleep(0.02)
-            kill_at = time.time() + rng.uniform(0.0, 0.3)
-            while time.time() < kill_at and _answers(res) < before + 2 and proc.poll() is None:
-                time.sleep(0.005)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
+            _kill_after_an_answer(proc, res, before, rng.uniform(0.0, 0.3))
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == -signal.SIGKILL, f"{fault} {progress}: exit {proc.returncode}\n{err[-2000:]}"
         _integrity(res)
