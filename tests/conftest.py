@@ -53,6 +53,16 @@ def tiny_llm(tiny_llm_dir):
     return LanguageModel.load("local", str(tiny_llm_dir), dtype="float32", device="cpu")
 
 
+def tiny_llama_text_config(tok) -> dict:  # noqa: ANN001
+    """The 1-layer random Llama inside every tiny VLM the tests build (BLIP-2, Idefics3, LLaVA)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+    ).to_dict()
+
+
 class MemoEncoder:
     """The real packaged encoder, with its (deterministic, frozen) features memoised per image
     content across a module's tests — encoding is the slowest part of the adapter tests on a shared CPU."""

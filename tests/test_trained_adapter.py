@@ -22,7 +22,7 @@ from paradigms.trained_adapter.data import CaptionPair
 from paradigms.trained_adapter.multimodal import Image as Img
 from paradigms.trained_adapter.multimodal import MultimodalLM, Target
 from paradigms.trained_adapter.paradigm import FlamingoAdapter, FrozenAdapter, PalmeAdapter, Blip2Adapter
-from tests.conftest import MemoEncoder, shared_data
+from tests.conftest import MemoEncoder, shared_data, tiny_llama_text_config
 
 GEN = GenerationSettings(max_new_tokens=8, stop=("\n",))
 
@@ -278,7 +278,6 @@ def _save_tiny_blip2(folder: Path, tokenizer_dir: Path) -> Path:
         Blip2QFormerConfig,
         Blip2VisionConfig,
         BlipImageProcessor,
-        LlamaConfig,
     )
 
     torch.manual_seed(0)
@@ -293,10 +292,7 @@ def _save_tiny_blip2(folder: Path, tokenizer_dir: Path) -> Path:
         qformer_config=Blip2QFormerConfig(
             hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, encoder_hidden_size=32, vocab_size=100
         ).to_dict(),
-        text_config=LlamaConfig(
-            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-            num_key_value_heads=1, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
-        ).to_dict(),
+        text_config=tiny_llama_text_config(tok),
         num_query_tokens=4,
         image_token_index=tok.convert_tokens_to_ids("<image>"),
     )

@@ -18,6 +18,7 @@ from harness.config import format_validation_error
 from harness.interface import Request, Shot
 from harness.models.llm import GenerationSettings, ModelUnavailable
 from harness.registry import get_paradigm
+from tests.conftest import tiny_llama_text_config
 
 GEN = GenerationSettings(max_new_tokens=8, stop=("\n",))
 IMAGE_SEQ_LEN = 4  # (32 px / 8 px patches)^2 = 16 patches, pixel-shuffled by scale_factor 2 -> 4 tokens
@@ -39,7 +40,7 @@ def _image(name: str) -> Image.Image:
 
 def _save_tiny_idefics3(folder: Path, tokenizer_dir: Path) -> Path:
     """A random Idefics3 (1-layer ViT + pixel-shuffle connector + 1-layer Llama), saved like a user's copy."""
-    from transformers import AutoTokenizer, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, LlamaConfig
+    from transformers import AutoTokenizer, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -53,10 +54,7 @@ def _save_tiny_idefics3(folder: Path, tokenizer_dir: Path) -> Path:
         vision_config=dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
         ),
-        text_config=LlamaConfig(
-            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-            num_key_value_heads=1, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
-        ).to_dict(),
+        text_config=tiny_llama_text_config(tok),
         scale_factor=2,
         image_token_id=proc.image_token_id,
     )
@@ -214,7 +212,7 @@ LLAVA_TEMPLATE = (
 
 def _save_tiny_llava(folder: Path, tokenizer_dir: Path) -> Path:
     """A random LLaVA (2-layer CLIP ViT + MLP projector + 1-layer Llama): the other processor layout."""
-    from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import AutoTokenizer, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -229,10 +227,7 @@ def _save_tiny_llava(folder: Path, tokenizer_dir: Path) -> Path:
         vision_config=CLIPVisionConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=16
         ).to_dict(),
-        text_config=LlamaConfig(
-            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-            num_key_value_heads=1, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
-        ).to_dict(),
+        text_config=tiny_llama_text_config(tok),
         image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1, vision_feature_select_strategy="default",
     )
     LlavaForConditionalGeneration(cfg).save_pretrained(folder)

