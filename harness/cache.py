@@ -124,17 +124,53 @@ def _retry_locked(step: Callable[[], Any], patience_s: float = 60.0) -> Any:
             delay = min(delay * 2, 0.5)
 
 
+class CacheError(RuntimeError):
+    """The result cache cannot be used (corrupt file, full disk, read-only folder); says what to do."""
+
+
+def explain_sqlite_error(path: Path, err: sqlite3.Error) -> CacheError:
+    """Turn SQLite's terse message into what happened and what to do about it."""
+    msg = str(err)
+    low = msg.lower()
+    if "full" in low:
+        return CacheError(
+            f"the disk holding the result cache {path} is full (SQLite: {msg}). Every batch written "
+            f"before this one is safe; free some space (or use --results-dir on another disk) and run "
+            f"the same command again to resume."
+        )
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return CacheError(
+            f"the result cache {path} is corrupt (SQLite: {msg}). Move it aside and run again; "
+            f"every answer will be recomputed:\n  mv {path} {path}.corrupt"
+        )
+    if "readonly" in low or "read-only" in low or "unable to open" in low:
+        return CacheError(
+            f"cannot write the result cache {path} (SQLite: {msg}). Make its folder writable, or pass "
+            f"--results-dir with a writable folder."
+        )
+    return CacheError(f"result cache {path}: SQLite error: {msg}")
+
+
 class ResultCache:
-    """Answers and memoised derived values (metrics, shot selections) in one SQLite file."""
+    """Answers and memoised derived values (metrics, shot selections) in one SQLite file.
+
+    Every SQLite failure surfaces as a :class:`CacheError` that names the file and the remedy.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout=60000")
-        _retry_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        _retry_locked(lambda: self._db.executescript(SCHEMA))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"cannot create the results folder {self.path.parent}: {exc}") from None
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout=60000")
+            _retry_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            _retry_locked(lambda: self._db.executescript(SCHEMA))
+        except sqlite3.Error as err:
+            raise explain_sqlite_error(self.path, err) from None
 
     def close(self) -> None:
         self._db.close()
@@ -148,12 +184,18 @@ class ResultCache:
     # ----------------------------------------------------------------- answers
     def get_many(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(keys), 500):
-            chunk = list(keys[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(f"SELECT key, payload FROM answers WHERE key IN ({marks})", chunk)
-            for key, payload in rows:
-                found[key] = json.loads(payload)
+        try:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(f"SELECT key, payload FROM answers WHERE key IN ({marks})", chunk)
+                for key, payload in rows:
+                    found[key] = json.loads(payload)
+        except sqlite3.Error as err:
+            raise explain_sqlite_error(self.path, err) from None
+        except json.JSONDecodeError as err:
+            raise CacheError(f"the result cache {self.path} holds an unreadable answer ({err}); "
+                             f"move it aside and run again: mv {self.path} {self.path}.corrupt") from None
         return found
 
     def put_many(self, unit: str, items: Iterable[tuple[str, str, Mapping[str, Any]]]) -> None:
@@ -188,18 +230,78 @@ class ResultCache:
     def integrity_ok(self) -> bool:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
+    # ------------------------------------------------------------ inspection
+    def unit_summary(self) -> list[tuple[str, int, int]]:
+        """(unit name, answers, of which failed) per unit, for ``mmbench cache info``."""
+        rows = self._db.execute(
+            "SELECT unit, COUNT(*), SUM(CASE WHEN json_extract(payload, '$.error') IS NULL THEN 0 ELSE 1 END) "
+            "FROM answers GROUP BY unit ORDER BY unit"
+        ).fetchall()
+        return [(u, int(n), int(f or 0)) for u, n, f in rows]
+
+    def memo_count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM memo").fetchone()[0]
+
+    def clear(self, paradigm: str | None = None, task: str | None = None) -> int:
+        """Delete the answers of matching units (all answers and memos when nothing is named)."""
+        units = [u for u, _, _ in self.unit_summary() if unit_matches(u, paradigm, task)]
+        with self._transaction():
+            n = 0
+            for u in units:
+                n += self._db.execute("DELETE FROM answers WHERE unit=?", (u,)).rowcount
+            if paradigm is None and task is None:
+                self._db.execute("DELETE FROM memo")  # memos are derived from answers; stale without them
+        return n
+
     def _transaction(self) -> "_Tx":
-        return _Tx(self._db)
+        return _Tx(self._db, self.path)
+
+
+def unit_matches(unit: str, paradigm: str | None, task: str | None) -> bool:
+    """Whether a unit name (``label | task | k-shot | trial t``) is selected by ``--paradigm``/``--task``.
+
+    A paradigm matches its label exactly or as a family prefix (``tool_agent`` selects ``tool_agent/...``).
+    """
+    parts = [p.strip() for p in unit.split(" | ")]
+    label, unit_task = parts[0], (parts[1] if len(parts) > 1 else "")
+    if paradigm is not None and not (label == paradigm or label.startswith(paradigm + "/")):
+        return False
+    return task is None or unit_task == task
 
 
 class _Tx:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self.db = db
+        self.path = path
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as err:
+            raise explain_sqlite_error(self.path, err) from None
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            fault_point("cache_write")
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            try:
+                fault_point("cache_write")
+            except BaseException:
+                self._rollback()
+                raise
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error as err:
+                self._rollback()
+                raise explain_sqlite_error(self.path, err) from None
+        self._rollback()
+        if isinstance(exc, sqlite3.Error):
+            # e.g. "database or disk is full" from an INSERT: say so (SQLite has already rolled back,
+            # and a plain ROLLBACK would replace the cause with "no transaction is active").
+            raise explain_sqlite_error(self.path, exc) from None
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite rolled back on its own (disk full, I/O error); nothing is half-written

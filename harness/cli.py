@@ -21,7 +21,41 @@ def _csv_ints(value: str | None) -> tuple[int, ...] | None:
         raise click.BadParameter(f"expected comma-separated integers like 0,4,8; got {value!r}") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """Ordinary failures (a full disk, a read-only folder, a corrupt cache, an unreachable store)
+    end with a message that says what happened and what to do, and exit 1: no traceback."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        from harness.cache import CacheError
+        from harness.tracking import TrackingError, redact_uri
+
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except (CacheError, TrackingError, ConfigError) as exc:
+            raise click.ClickException(redact_uri(str(exc))) from None
+        except UnicodeDecodeError as exc:
+            raise click.ClickException(f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                       f"save it as UTF-8 and run again") from None
+        except OSError as exc:
+            raise click.ClickException(_os_error_message(exc)) from None
+
+
+def _os_error_message(exc: OSError) -> str:
+    import errno
+
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return (f"the disk is full (writing{where}). Everything finished before this point is saved; free "
+                f"some space (or choose --results-dir on another disk) and run the same command again.")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"permission denied:{where} is not writable ({exc.strerror}). Make it writable, or choose "
+                f"another folder (--results-dir, --out).")
+    return f"{exc.strerror or exc}:{where}" if exc.strerror else f"{type(exc).__name__}: {exc}"
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log progress messages.")
 def main(verbose: bool) -> None:
     """mmbench: compare four ways of using an LLM on vision-language tasks.
@@ -49,7 +83,9 @@ def main(verbose: bool) -> None:
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
               help="MLflow tracking URI (default: sqlite under the results dir).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def run(config_path, paradigm, task, limit, shots, trials, seed, batch_size, results_dir, tracking_uri, no_progress) -> None:
+@click.option("--retry-failed", is_flag=True, help="Recompute samples whose cached answer is a failure.")
+def run(config_path, paradigm, task, limit, shots, trials, seed, batch_size, results_dir, tracking_uri, no_progress,
+        retry_failed) -> None:
     """Evaluate paradigms on tasks; resumes from the result cache."""
     from harness.evaluate import run_evaluation
     from harness.runner import plan_run
@@ -73,7 +109,8 @@ def run(config_path, paradigm, task, limit, shots, trials, seed, batch_size, res
     click.echo(f"mmbench run: config hash {cfg.config_hash()}, {len(plan.units())} units "
                f"({len(plan.paradigms)} paradigms × {len(plan.tasks)} tasks)", err=True)
     try:
-        outcome = run_evaluation(cfg, tracking_uri=tracking_uri, progress=not no_progress, plan=plan)
+        outcome = run_evaluation(cfg, tracking_uri=tracking_uri, progress=not no_progress, plan=plan,
+                                 retry_failed=retry_failed)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:
@@ -88,6 +125,10 @@ def run(config_path, paradigm, task, limit, shots, trials, seed, batch_size, res
     click.echo(outcome.table)
     click.echo(f"\nsamples computed: {outcome.computed}, read from cache: {outcome.cached}; "
                f"models loaded: {', '.join(outcome.loaded) or 'none'}", err=True)
+    n_transient = sum(int(r.costs.get("n_transient", 0)) for r in outcome.results)
+    if n_transient:
+        click.echo(f"{n_transient} sample(s) failed transiently (out of memory, I/O, timeout): scored as wrong "
+                   f"in this run, NOT cached; run the same command again to retry them.", err=True)
     t = outcome.timings or {}
     if t.get("model"):
         own = sum(t.get(k, 0.0) for k in ("cache", "logging", "prepare_keys"))
@@ -132,16 +173,17 @@ def list_cmd() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
 def ui(results_dir: Path, tracking_uri: str | None, host: str, port: int) -> None:
-    """Start the MLflow UI on the run store and print its address."""
-    import subprocess
+    """Start the MLflow UI on the run store and print its address (Ctrl-C stops it and its workers)."""
+    from harness.tracking import default_tracking_uri, redact_uri
+    from harness.ui_server import experiment_url, port_in_use, serve
 
-    from harness.tracking import default_tracking_uri
-
+    if port_in_use(host, port):
+        raise click.ClickException(f"port {port} on {host} is already in use (another MLflow UI?); "
+                                   f"pass --port with a free port")
     uri = tracking_uri or default_tracking_uri(results_dir)
-    click.echo(f"MLflow UI for {uri} at http://{host}:{port}")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
-           "--default-artifact-root", (results_dir / "mlartifacts").resolve().as_uri()]
-    sys.exit(subprocess.call(cmd))
+    url = experiment_url(uri, f"http://{host}:{port}")
+    click.echo(f"MLflow UI for {redact_uri(uri)} at {url}")
+    sys.exit(serve(uri, host, port, results_dir / "mlartifacts"))
 
 
 def _print_metrics(report, as_json: bool) -> None:
@@ -177,11 +219,13 @@ def score() -> None:
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--log-mlflow", is_flag=True, help="Also log the scores to MLflow as an external run.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None)
-def score_captioning(annotations, predictions, as_json, bootstrap, log_mlflow, tracking_uri) -> None:
+@click.option("--missing", type=click.Choice(["error", "empty", "skip"]), default="error", show_default=True,
+              help="Images without a result: an error, scored as empty captions, or left out.")
+def score_captioning(annotations, predictions, as_json, bootstrap, log_mlflow, tracking_uri, missing) -> None:
     from tasks.metrics.external import score_coco_results
 
     try:
-        report = score_coco_results(annotations, predictions, n_boot=bootstrap)
+        report = score_coco_results(annotations, predictions, n_boot=bootstrap, missing=missing)
     except (ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
     _print_metrics(report, as_json)
@@ -197,11 +241,13 @@ def score_captioning(annotations, predictions, as_json, bootstrap, log_mlflow, t
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--log-mlflow", is_flag=True)
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None)
-def score_vqa_cmd(questions, annotations, predictions, as_json, bootstrap, log_mlflow, tracking_uri) -> None:
+@click.option("--missing", type=click.Choice(["error", "empty"]), default="error", show_default=True,
+              help="Questions without a result: an error, or scored as empty answers.")
+def score_vqa_cmd(questions, annotations, predictions, as_json, bootstrap, log_mlflow, tracking_uri, missing) -> None:
     from tasks.metrics.external import score_vqa_results
 
     try:
-        report = score_vqa_results(questions, annotations, predictions, n_boot=bootstrap)
+        report = score_vqa_results(questions, annotations, predictions, n_boot=bootstrap, missing=missing)
     except (ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
     _print_metrics(report, as_json)
@@ -210,10 +256,13 @@ def score_vqa_cmd(questions, annotations, predictions, as_json, bootstrap, log_m
 
 
 def _log_external(kind: str, predictions: str, report, tracking_uri: str | None) -> None:
-    from harness.tracking import Tracker, default_tracking_uri
+    from harness.tracking import Tracker, TrackingError, default_tracking_uri, redact_uri
 
     results_dir = Path("results")
-    tracker = Tracker(tracking_uri or default_tracking_uri(results_dir), "mmbench", results_dir / "mlartifacts")
+    try:
+        tracker = Tracker(tracking_uri or default_tracking_uri(results_dir), "mmbench", results_dir / "mlartifacts")
+    except TrackingError as exc:
+        raise click.ClickException(f"the scores above were computed but not logged: {exc}") from None
     run = tracker.start_parent(f"external-{kind}-{Path(predictions).stem}", {"predictions": str(predictions), "kind": kind},
                                {"mmbench.kind": "external", "mmbench.paradigm": f"external:{Path(predictions).stem}"})
     metrics = dict(report.values)
@@ -239,7 +288,9 @@ def compare(run_a: str, run_b: str, metric: str | None, results_dir: Path, track
     try:
         res, name, labels = compare_runs(tracking_uri or default_tracking_uri(results_dir), run_a, run_b, metric, bootstrap)
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+        from harness.tracking import redact_uri
+
+        raise click.ClickException(redact_uri(str(exc))) from None
     click.echo(f"{name}: {labels[0]} = {res.value_a:.4f}, {labels[1]} = {res.value_b:.4f} (n={res.n})")
     click.echo(f"difference A-B = {res.mean_diff:+.4f}, 95% CI [{res.ci[0]:+.4f}, {res.ci[1]:+.4f}], "
                f"p = {res.p_value:.4f} (paired bootstrap, {res.n_boot} resamples)")
@@ -256,8 +307,12 @@ def compare(run_a: str, run_b: str, metric: str | None, results_dir: Path, track
 def train(paradigm: str, connector: str, config_path: Path | None, steps: int | None, results_dir: Path | None,
           tracking_uri: str | None) -> None:
     """Train a visual connector on a frozen LLM (cached by config hash; `mmbench run` reuses it)."""
+    from harness.registry import paradigms
     from harness.training_run import TrainingError, run_training
 
+    connectors = sorted(n.split("/", 1)[1] for n in paradigms() if n.startswith(f"{paradigm}/"))
+    if connector not in connectors:
+        raise click.ClickException(f"unknown --connector {connector!r}; choices: {', '.join(connectors)}")
     try:
         cfg = load_config(config_path or default_config_path(),
                           {"results_dir": str(results_dir) if results_dir else None})
@@ -265,6 +320,57 @@ def train(paradigm: str, connector: str, config_path: Path | None, steps: int | 
     except (ConfigError, TrainingError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(out)
+
+
+@main.group("cache")
+def cache_group() -> None:
+    """Inspect or clear the result cache (answers are keyed by content; clearing is rarely needed)."""
+
+
+def _open_cache(results_dir: Path):
+    from harness.cache import CacheError, ResultCache
+
+    path = results_dir / "cache.sqlite"
+    if not path.is_file():
+        raise click.ClickException(f"no result cache at {path}")
+    try:
+        return ResultCache(path)
+    except CacheError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cache_group.command("info")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+@click.option("--paradigm", default=None, help="Only units of this paradigm label (or family).")
+@click.option("--task", default=None, help="Only units of this task.")
+def cache_info(results_dir: Path, paradigm: str | None, task: str | None) -> None:
+    """Answers and failures per unit (paradigm | task | shots | trial)."""
+    from harness.cache import unit_matches
+
+    with _open_cache(results_dir) as cache:
+        rows = [r for r in cache.unit_summary() if unit_matches(r[0], paradigm, task)]
+        size = cache.path.stat().st_size
+        memos = cache.memo_count()
+    click.echo(f"{cache.path}: {size / 2**20:.1f} MiB, {memos} memoised metrics/shot selections")
+    click.echo(f"{'answers':>8s} {'failed':>7s}  unit")
+    for unit, n, failed in rows:
+        click.echo(f"{n:8d} {failed:7d}  {unit}")
+    click.echo(f"{sum(r[1] for r in rows):8d} {sum(r[2] for r in rows):7d}  total")
+
+
+@cache_group.command("clear")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+@click.option("--paradigm", default=None, help="Only units of this paradigm label (or family).")
+@click.option("--task", default=None, help="Only units of this task.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def cache_clear(results_dir: Path, paradigm: str | None, task: str | None, yes: bool) -> None:
+    """Delete cached answers (all, or those of --paradigm/--task); the next run recomputes them."""
+    what = " and ".join(x for x in (paradigm and f"paradigm {paradigm!r}", task and f"task {task!r}") if x) or "every unit"
+    if not yes:
+        click.confirm(f"delete the cached answers of {what}?", abort=True)
+    with _open_cache(results_dir) as cache:
+        n = cache.clear(paradigm, task)
+    click.echo(f"deleted {n} cached answers ({what})")
 
 
 def _register_report() -> None:

@@ -23,7 +23,13 @@ def compare_runs(uri: str, run_a: str, run_b: str, metric: str | None, n_boot: i
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    runs = [client.get_run(r) for r in (run_a, run_b)]
+    runs = []
+    for r in (run_a, run_b):
+        try:
+            runs.append(client.get_run(r))
+        except Exception as exc:  # noqa: BLE001 - MlflowException (unknown id) or an unreachable store
+            raise ValueError(f"no run with id {r!r} in the MLflow store ({type(exc).__name__}: {exc}); "
+                             f"the ids are the nested runs' ids shown by `mmbench ui` or in the report") from None
     tasks = {r.data.tags.get("mmbench.task") for r in runs}
     if len(tasks) != 1:
         raise ValueError(f"the runs are on different tasks: {sorted(map(str, tasks))}")

@@ -15,7 +15,10 @@ from harness.cache import ResultCache
 from harness.config import RunConfig
 from harness.report import results_frame, results_table
 from harness.runner import Plan, Runner, UnitResult, plan_run
-from harness.tracking import Tracker, TrackingError, default_tracking_uri, git_state, hardware, package_versions
+from harness.atomic import atomic_json, atomic_text, remove_stale_temps
+from harness.tracking import (
+    Tracker, TrackingError, default_tracking_uri, git_state, hardware, package_versions, redact_uri, redact_uris,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,16 +164,23 @@ def run_evaluation(
     tracking_uri: str | None = None,
     progress: bool = True,
     plan: Plan | None = None,
+    retry_failed: bool = False,
 ) -> RunOutcome:
+    """Run ``plan``; ``retry_failed`` recomputes answers cached as failed (``mmbench run --retry-failed``)."""
     plan = plan or plan_run(config, paradigm_filter, task_filter)
     rank, world = distributed_context()
     results_dir = Path(config.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        from harness.models.llm import default_cache_dir
+
+        remove_stale_temps(results_dir)
+        remove_stale_temps(default_cache_dir())
     config_hash = config.config_hash()
     cache = ResultCache(results_dir / "cache.sqlite")
     if rank != 0:
         # Workers only compute their shard into the shared cache; rank 0 scores and logs.
-        runner = Runner(plan, cache=cache, progress=False, shard=(rank, world))
+        runner = Runner(plan, cache=cache, progress=False, shard=(rank, world), retry_failed=retry_failed)
         try:
             runner.run()
         finally:
@@ -188,7 +198,8 @@ def run_evaluation(
         raise
     except Exception as exc:  # noqa: BLE001 - the store was reachable a moment ago; fail before compute
         cache.close()
-        raise TrackingError(f"MLflow tracking store {tracker.uri!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise TrackingError(f"MLflow tracking store {redact_uri(tracker.uri)!r} failed: {type(exc).__name__}: "
+                            f"{redact_uri(str(exc))}") from None
     if reaped:
         log.warning("marked %d MLflow run(s) left RUNNING by a killed mmbench process as KILLED", len(reaped))
     results: list[UnitResult] = []
@@ -211,14 +222,16 @@ def run_evaluation(
 
         guard(f"logging training of {label!r}", log_training, tracker, parent, label, paradigm)
 
-    runner = Runner(plan, cache=cache, progress=progress, on_unit=log_unit, on_prepared=log_prepared, shard=(rank, world))
+    runner = Runner(plan, cache=cache, progress=progress, on_unit=log_unit, on_prepared=log_prepared, shard=(rank, world),
+                    retry_failed=retry_failed)
     repro = reproducibility(config, runner)
     repro["world_size"] = world
     try:
         parent = _start_parent(tracker, config, config_hash, plan, repro, world)
     except Exception as exc:  # noqa: BLE001 - before compute: stop with the store's message
         cache.close()
-        raise TrackingError(f"MLflow tracking store {tracker.uri!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise TrackingError(f"MLflow tracking store {redact_uri(tracker.uri)!r} failed: {type(exc).__name__}: "
+                            f"{redact_uri(str(exc))}") from None
     status = "FAILED"
     try:
         runner.run()
@@ -232,19 +245,19 @@ def run_evaluation(
         )
         raise
     finally:
-        summary_dir = results_dir / "runs" / config_hash
-        summary_dir.mkdir(parents=True, exist_ok=True)
+        summary_dir = run_folder(results_dir, config_hash)
         table = results_table(results)
         frame = results_frame(results)
         if results:
-            frame.to_csv(summary_dir / "results.csv", index=False)
-            (summary_dir / "results.md").write_text(table + "\n", encoding="utf-8")
-            (summary_dir / "reproducibility.json").write_text(json.dumps(repro, indent=1, sort_keys=True))
+            atomic_text(frame.to_csv(index=False), summary_dir / "results.csv")
+            atomic_text(table + "\n", summary_dir / "results.md")
+            atomic_text(json.dumps(repro, indent=1, sort_keys=True), summary_dir / "reproducibility.json")
             timings = {**runner.watch.seconds, "overhead_fraction_of_model": runner.watch.overhead_fraction()}
-            (summary_dir / "timings.json").write_text(json.dumps(timings, indent=1, sort_keys=True))
+            atomic_text(json.dumps(timings, indent=1, sort_keys=True), summary_dir / "timings.json")
             guard("logging timings", tracker.log_metrics, parent, {f"seconds_{k}": v for k, v in timings.items()})
             usage = resource_usage(sum(r.computed for r in results), runner.watch.seconds.get("model", 0.0))
-            (summary_dir / "resources.json").write_text(json.dumps(usage, indent=1, sort_keys=True))
+            atomic_json(usage, summary_dir / "resources.json")
+            point_latest(summary_dir)
             guard("logging resources", tracker.log_metrics, parent,
                   {k: v for k, v in usage.items() if isinstance(v, (int, float))})
             guard("logging results.md", tracker.log_text, parent, table + "\n", "results.md")
@@ -259,13 +272,41 @@ def run_evaluation(
     )
 
 
+def run_folder(results_dir: Path, config_hash: str) -> Path:
+    """``runs/<UTC time>-<config hash>-<pid>/``: one folder per run, never shared with another run."""
+    import os
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    folder = results_dir / "runs" / f"{stamp}-{config_hash[:12]}-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def point_latest(run_dir: Path) -> None:
+    """``runs/latest`` -> the run's folder (a relative link, so a copied results folder keeps it)."""
+    import os
+
+    link = run_dir.parent / "latest"
+    tmp = run_dir.parent / f"latest.{os.getpid()}.tmp"
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(run_dir.name, tmp)
+        os.replace(tmp, link)
+    except OSError as exc:  # no symlinks on this file system: the folder names sort by time instead
+        log.warning("cannot point %s at %s: %s", link, run_dir.name, exc)
+
+
 def _report_failures(results: Sequence[UnitResult], per_unit: int = 10) -> None:
     """Name the failed samples and why on stderr: a count in the table alone hides bad data."""
     for r in results:
         failed = [row for row in r.rows if row["error"]]
         if not failed:
             continue
-        lines = [f"  {row['sample_id']}: {row['error']}" for row in failed[:per_unit]]
+        lines = [f"  {row['sample_id']}: {row['error']}"
+                 + ("  [transient: not cached, the next run retries it]" if row.get("transient") else "")
+                 for row in failed[:per_unit]]
         more = f"\n  ... and {len(failed) - per_unit} more (see predictions.jsonl)" if len(failed) > per_unit else ""
         print(f"{r.unit.name}: {len(failed)} of {len(r.rows)} samples failed (scored as wrong):\n"
               + "\n".join(lines) + more, file=sys.stderr)
@@ -286,6 +327,6 @@ def _start_parent(tracker: Tracker, config: RunConfig, config_hash: str, plan: P
         },
         tags={"mmbench.kind": "run", "mmbench.config_hash": config_hash},
     )
-    tracker.log_text(parent, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config.yaml")
+    tracker.log_text(parent, yaml.safe_dump(redact_uris(config.model_dump(mode="json")), sort_keys=False), "config.yaml")
     tracker.log_json(parent, repro, "reproducibility.json")
     return parent

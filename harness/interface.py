@@ -65,10 +65,20 @@ class Answer:
     trainable_params: int = 0
     error: str | None = None
     trace: dict[str, Any] = field(default_factory=dict)
+    transient: bool = False
+    """Set with ``error`` when the failure may not repeat (out of memory, I/O error, timeout, server
+    error after retries): the runner reports it and never caches it, so the next run retries it.
+    Never stored (a cached answer is by definition not transient)."""
 
     @classmethod
     def failed(cls, reason: str, **trace: Any) -> "Answer":
+        """A deterministic failure (undecodable image, overlong prompt): cached with its reason."""
         return cls(text="", error=reason, trace=dict(trace))
+
+    @classmethod
+    def retryable(cls, reason: str, **trace: Any) -> "Answer":
+        """A transient failure: scored as wrong in this run, not cached, retried by the next run."""
+        return cls(text="", error=reason, trace=dict(trace), transient=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {

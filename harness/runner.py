@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 from harness.backbones import Backbones
 from harness.cache import ResultCache, sample_key
 from harness.config import ConfigError, ParadigmSpec, RunConfig, format_validation_error, repo_root, stable_hash
+from harness.failures import describe, is_transient
 from harness.interface import Answer, Paradigm, Request, Shot
 from harness.models.llm import GenerationSettings
 from harness.registry import FAMILIES, paradigms
@@ -49,6 +50,7 @@ class PlannedTask:
     fingerprint: str
     options: dict[str, Any] = field(default_factory=dict)  # resolved dataset options (paths absolute)
     shots: tuple[int, ...] | None = None  # per-task override of in_context.shots
+    annotations: str = ""  # digest of every sample's annotation content (query and support splits)
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,14 @@ def _plan_task(
             f"in_context.shots asks for {max_k} demonstrations but task {spec.name!r} has only "
             f"{len(support)} support samples (split {spec.support_split!r})"
         )
+    # The fingerprint identifies the task's definition; the content of its annotation files is in
+    # ``annotations`` (metric memo, shot memo, logged) and per sample in each answer's key, so a fix
+    # to one sample's annotation recomputes that sample's answer only.
+    annotations = stable_hash(
+        [[s.sample_id, s.annotation_digest()] for s in ds.samples]
+        + [[s.sample_id, s.annotation_digest()] for s in (support.samples if support else ())],
+        n=20,
+    )
     fp = stable_hash(
         {
             "task": spec.model_dump(mode="json"),
@@ -232,7 +242,7 @@ def _plan_task(
             "support": support.source if support else None,
         }
     )
-    return PlannedTask(spec, ds, support, fp, options, shots)
+    return PlannedTask(spec, ds, support, fp, options, shots, annotations)
 
 
 # ---------------------------------------------------------------------- execution
@@ -292,8 +302,10 @@ class Runner:
         on_unit: Callable[[UnitResult], None] | None = None,
         on_prepared: Callable[[str, Paradigm], None] | None = None,
         shard: tuple[int, int] = (0, 1),
+        retry_failed: bool = False,
     ) -> None:
         self.plan = plan
+        self.retry_failed = retry_failed
         self.config = plan.config
         self.cache = cache
         self.backbones = backbones or Backbones(self.config.models)
@@ -321,6 +333,7 @@ class Runner:
                 stop=tuple(self.config.generation.stop),
                 greedy=self.config.generation.greedy,
                 temperature=self.config.generation.temperature,
+                seed=self.config.seed,
             )
             instance = p.cls(self.backbones, p.options, gen)
             instance.progress = self.progress
@@ -343,7 +356,8 @@ class Runner:
 
         ic = self.config.in_context
         memo_key = stable_hash(
-            [unit.task.fingerprint, sample.sample_id, unit.shots, unit.trial, ic.strategy, self.config.seed,
+            [unit.task.fingerprint, unit.task.annotations, sample.sample_id, unit.shots, unit.trial, ic.strategy,
+             self.config.seed,
              self.fingerprints()["scorer"] if ic.strategy == "rices" else ""]
         )
         support = unit.task.support.samples
@@ -400,8 +414,10 @@ class Runner:
             paradigm=pfp,
             task=unit.task.fingerprint,
             sample=s.sample_id,
+            image=s.image_digest(),
+            annotation=s.annotation_digest(),
             prompt=prompt,
-            shots=[(x.sample_id, x.gold_text) for x in shots],
+            shots=[(x.sample_id, x.gold_text, x.image_digest(), x.annotation_digest()) for x in shots],
             generation=self.config.generation.model_dump(mode="json"),
             max_new_tokens=spec.max_new_tokens,
             seed=self.config.seed,
@@ -419,13 +435,13 @@ class Runner:
         try:
             img = s.load_image()
         except Exception as exc:  # noqa: BLE001 - any image failure fails only this sample
-            return Answer.failed(f"image {s.image_ref!r}: {type(exc).__name__}: {exc}")
+            return _failure(f"image {s.image_ref!r}: {describe(exc)}", exc)
         shots = []
         for x in prep.shots:
             try:
                 ximg = x.load_image()
             except Exception as exc:  # noqa: BLE001
-                return Answer.failed(f"demonstration image {x.image_ref!r}: {type(exc).__name__}: {exc}")
+                return _failure(f"demonstration image {x.image_ref!r}: {describe(exc)}", exc)
             shots.append(
                 Shot(
                     sample_id=x.sample_id,
@@ -455,11 +471,12 @@ class Runner:
             answers = paradigm.answer_batch(requests)
             if len(answers) != len(requests):
                 raise RuntimeError(f"{paradigm.name} returned {len(answers)} answers for {len(requests)} requests")
-        except (KeyboardInterrupt, MemoryError):
+        except KeyboardInterrupt:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except (Exception, MemoryError) as exc:  # noqa: BLE001 - classified: transient ones are not cached
             if len(requests) == 1:
-                return [Answer.failed(f"{type(exc).__name__}: {exc}")]
+                return [_failure(describe(exc), exc)]
+            # One by one: isolates a bad sample, and a batch too large for memory may fit singly.
             return [a for r in requests for a in self._answer(paradigm, [r])]
         per = (time.perf_counter() - start) / max(1, len(requests))
         for a in answers:
@@ -497,6 +514,8 @@ class Runner:
             self.barrier()  # all ranks see the same cache state, so "cached" means "before this run"
         with self.watch("cache"):
             found = self.cache.get_many([p.key for p in prepared])
+        if self.retry_failed:  # --retry-failed: cached failures count as missing and are recomputed
+            found = {k: v for k, v in found.items() if not v.get("error")}
         missing = [p for p in prepared if p.key not in found]
         rank, world = self.shard
         if world > 1:
@@ -518,12 +537,13 @@ class Runner:
                 with self.watch("model"):
                     answers = iter(self._answer(paradigm, reqs) if reqs else [])
                 results = [next(answers) if isinstance(b, Request) else b for b in built]
-                with self.watch("cache"):
+                with self.watch("cache"):  # transient failures are reported, never cached
                     self.cache.put_many(
-                        unit.name, [(p.key, p.sample.sample_id, a.to_dict()) for p, a in zip(chunk, results)]
+                        unit.name,
+                        [(p.key, p.sample.sample_id, a.to_dict()) for p, a in zip(chunk, results) if not a.transient],
                     )
                 for p, a in zip(chunk, results):
-                    found[p.key] = a.to_dict()
+                    found[p.key] = {**a.to_dict(), "transient": True} if a.transient else a.to_dict()
                 computed += len(chunk)
                 bar.update(len(chunk))
         bar.close()
@@ -532,10 +552,11 @@ class Runner:
             self.barrier()
             if rank != 0:
                 return None
-            found = self.cache.get_many([p.key for p in prepared])
-            lost = [p.sample.sample_id for p in prepared if p.key not in found]
-            if lost:
-                raise RuntimeError(f"{len(lost)} answers missing after all ranks finished: {lost[:5]}")
+            found = {**self.cache.get_many([p.key for p in prepared]), **found}
+            for p in prepared:  # another rank's transient failure: not cached, so not readable here
+                if p.key not in found:
+                    found[p.key] = {**Answer.retryable("transient failure on another rank (see its log)").to_dict(),
+                                    "transient": True}
             computed = len(prepared) - n_cached  # by all ranks together
         answers = [Answer.from_dict(found[p.key]) for p in prepared]
         return self._finish_unit(unit, prepared, answers, computed, n_cached)
@@ -565,6 +586,7 @@ class Runner:
                 "answers": list(s.answers),
                 "choices": list(s.choices),
                 "error": a.error,
+                "transient": a.transient,
                 "latency_s": a.latency_s,
                 "llm_tokens_in": a.llm_tokens_in,
                 "llm_tokens_out": a.llm_tokens_out,
@@ -583,6 +605,7 @@ class Runner:
             "tool_calls_mean": sum(a.tool_calls for a in answers) / n,
             "trainable_params": float(max((a.trainable_params for a in answers), default=0)),
             "n_failed": float(sum(1 for a in answers if a.error)),
+            "n_transient": float(sum(1 for a in answers if a.transient)),
             "n_samples": float(len(answers)),
         }
         for counter in ("parse_errors", "budget_exhausted", "tool_failures"):
@@ -599,7 +622,8 @@ class Runner:
 
         metric = unit.task.spec.metric
         key = stable_hash(
-            [metric, unit.task.fingerprint, [s.sample_id for s in samples], preds, self.config.bootstrap,
+            [metric, unit.task.fingerprint, [(s.sample_id, s.annotation_digest()) for s in samples], preds,
+             self.config.bootstrap,
              self.config.seed, METRICS_VERSION]
         )
         memo = self.cache.memo_get("metrics", key)
@@ -625,7 +649,8 @@ class Runner:
         sc = self.config.models.scorer
         label = "tag-minilm" if sc.kind == "tag-minilm" else f"{sc.kind}-{sc.model}"
         key = stable_hash(["clipscore", self.fingerprints()["scorer"], unit.task.fingerprint,
-                           [s.sample_id for s in samples], preds, self.config.bootstrap, self.config.seed])
+                           [(s.sample_id, s.annotation_digest(), s.image_digest()) for s in samples], preds,
+                           self.config.bootstrap, self.config.seed])
         memo = self.cache.memo_get("metrics", key)
         if memo is not None:
             return metric_from_dict(memo)
@@ -722,6 +747,11 @@ def metric_from_dict(d: dict[str, Any]) -> MetricResult:
         unavailable=d["unavailable"],
         primary=d["primary"],
     )
+
+
+def _failure(reason: str, exc: BaseException) -> Answer:
+    """A failed answer, transient (not cached) or deterministic (cached) by :func:`is_transient`."""
+    return Answer.retryable(reason) if is_transient(exc) else Answer.failed(reason)
 
 
 class _NoBar:

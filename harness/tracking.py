@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,8 +127,80 @@ def hardware() -> dict[str, str]:
     return info
 
 
+#: ``scheme://user:secret@`` anywhere in a text (URIs inside error messages too).
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@'\"]+@")
+
+
+def redact_uri(text: str) -> str:
+    """``text`` without URI credentials (``https://user:token@host`` -> ``https://***@host``), for logs and output."""
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
+def redact_uris(obj: Any) -> Any:
+    """Every string in a nested structure that looks like a URI with credentials, redacted."""
+    if isinstance(obj, str):
+        return redact_uri(obj)
+    if isinstance(obj, dict):
+        return {k: redact_uris(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_uris(v) for v in obj]
+    return obj
+
+
 def default_tracking_uri(results_dir: Path) -> str:
-    return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+    """The results folder's own SQLite store, its artifact paths pointed at this folder.
+
+    MLflow stores absolute artifact locations; a copied or moved results folder would otherwise
+    read (and write) the original's artifacts, or find none. See :func:`rebase_artifacts`.
+    """
+    db = (Path(results_dir) / "mlflow.db").resolve()
+    if db.is_file():
+        rebase_artifacts(db, Path(results_dir) / "mlartifacts")
+    return f"sqlite:///{db}"
+
+
+def rebase_artifacts(db: Path, artifact_root: Path) -> int:
+    """Point a copied/moved results folder's MLflow store at its own ``mlartifacts`` folder.
+
+    Rewrites the artifact locations of experiments created by mmbench under an ``mlartifacts``
+    folder elsewhere (the folder this one was copied or moved from) to this folder's. Other
+    artifact stores (a server's, s3://...) are left alone. Returns how many experiments moved.
+    """
+    import logging
+    import sqlite3
+
+    new_root = artifact_root.resolve().as_uri()
+    try:
+        con = sqlite3.connect(str(db), timeout=30)
+    except sqlite3.Error:
+        return 0
+    moved = 0
+    try:
+        rows = con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall()
+        stale = [(eid, loc) for eid, loc in rows
+                 if isinstance(loc, str) and loc.startswith("file://") and loc.rstrip("/").endswith("/mlartifacts")
+                 and loc.rstrip("/") != new_root]
+        if not stale:
+            return 0
+        with con:
+            for eid, loc in stale:
+                old = loc.rstrip("/")
+                con.execute("UPDATE experiments SET artifact_location=? WHERE experiment_id=?", (new_root, eid))
+                con.execute(
+                    "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                    "WHERE experiment_id=? AND substr(artifact_uri, 1, ?) = ?",
+                    (new_root, len(old) + 1, eid, len(old), old),
+                )
+                moved += 1
+        logging.getLogger(__name__).warning(
+            "this results folder was copied or moved: MLflow artifact paths now point at %s", artifact_root)
+    except sqlite3.Error as err:  # read-only copy, or not an MLflow store: say what the report will miss
+        logging.getLogger(__name__).warning(
+            "the MLflow store %s points at artifacts in another folder and cannot be updated (%s); "
+            "copy the folder somewhere writable to report its per-sample predictions", db, err)
+    finally:
+        con.close()
+    return moved
 
 
 @dataclass
@@ -155,7 +228,8 @@ class Tracker:
             else:
                 self.experiment_id = exp.experiment_id
         except Exception as exc:  # any store failure must stop the run before compute
-            raise TrackingError(f"MLflow tracking store {self.uri!r} is not usable: {exc}") from exc
+            raise TrackingError(
+                f"MLflow tracking store {redact_uri(self.uri)!r} is not usable: {redact_uri(str(exc))}") from None
 
     # ------------------------------------------------------------------ runs
     def reap_zombies(self) -> list[str]:

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from harness.atomic import atomic_json, atomic_path
+from harness.atomic import atomic_json, atomic_path, set_aside
 from harness.cache import fault_point
 
 STATE_FILE = "train_state.safetensors"
@@ -154,12 +154,16 @@ def load_train_state(path: Path, opt: torch.optim.Optimizer, device: torch.devic
         return None
     if not path.exists():
         return None
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        header = (f.metadata() or {}).get(STATE_META_KEY)
-    if header is None:
-        return None
-    tensors = load_file(str(path), device=str(device))
-    scalars = json.loads(header)
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            header = (f.metadata() or {}).get(STATE_META_KEY)
+        if header is None:
+            return None
+        tensors = load_file(str(path), device=str(device))
+        scalars = json.loads(header)
+    except Exception as exc:  # noqa: BLE001 - truncated/garbled file (safetensors raises its own types)
+        set_aside(path, f"{type(exc).__name__}: {exc}")
+        return None  # the state file is the only resumable one: start over, never crash every later run
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
         if key.startswith("opt."):
@@ -305,13 +309,20 @@ def load_result(ckpt_dir: Path) -> TrainResult | None:
     meta_path = ckpt_dir / FINAL_META
     if not (ckpt_dir / FINAL_FILE).exists() or not meta_path.exists():
         return None
+    try:
+        m = json.loads(meta_path.read_text())
+        result = TrainResult(
+            [(int(s), float(l)) for s, l in m["loss_curve"]],
+            int(m["steps"]),
+            float(m["seconds"]),
+            int(m.get("resumed_from", 0)),
+            int(m.get("trainable_params", 0)),
+            extra=_parts_meta(_read_parts(m)),
+        )
+        with safe_open(str(ckpt_dir / FINAL_FILE), framework="pt") as f:
+            f.keys()
+    except Exception as exc:  # noqa: BLE001 - truncated meta.json or weights: retrain (resuming if a state is left)
+        set_aside(meta_path, f"{type(exc).__name__}: {exc}")
+        return None
     (ckpt_dir / STATE_FILE).unlink(missing_ok=True)
-    m = json.loads(meta_path.read_text())
-    return TrainResult(
-        [(int(s), float(l)) for s, l in m["loss_curve"]],
-        int(m["steps"]),
-        float(m["seconds"]),
-        int(m.get("resumed_from", 0)),
-        int(m.get("trainable_params", 0)),
-        extra=_parts_meta(_read_parts(m)),
-    )
+    return result

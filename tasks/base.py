@@ -9,6 +9,8 @@ missing file fails only its own sample.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,6 +27,16 @@ class Sample:
     - binding (Frozen-style fast concept binding): ``episode`` holds the support samples whose
       ``answers[0]`` is the invented word; ``answers`` holds the query's correct word.
     ``image_ref`` says where the image comes from (a path or a generator reference) for provenance.
+
+    Content digests (the cache keys are built from these, never from ``sample_id`` alone):
+    - :meth:`image_digest` hashes the image *file's bytes* when ``load_image`` has a ``digest()``
+      method (file-backed loaders: :func:`tasks.datasets._common.lazy_file_image`), else the
+      decoded pixels; a missing or unreadable image gets a digest naming why, so fixing it
+      changes the key. Loaders need do nothing beyond using ``lazy_file_image`` for files.
+    - :meth:`annotation_digest` hashes the sample's own annotation content (question, references,
+      answers, choices, answer index, and the episode's annotation digests), so fixing one
+      sample's annotation changes only that sample's key.
+    Both are computed once per sample object and then remembered.
     """
 
     sample_id: str
@@ -37,6 +49,28 @@ class Sample:
     answer_index: int | None = None
     episode: tuple["Sample", ...] = ()
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    _digests: dict[str, str] = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
+
+    def image_digest(self) -> str:
+        """Digest of the image's content (file bytes, else pixels), or of why it cannot be read."""
+        if "image" not in self._digests:
+            self._digests["image"] = _image_digest(self.load_image)
+        return self._digests["image"]
+
+    def annotation_digest(self) -> str:
+        """Digest of this sample's annotation content (not its id, not its image)."""
+        if "annotation" not in self._digests:
+            content = {
+                "question": self.question,
+                "references": list(self.references),
+                "answers": list(self.answers),
+                "choices": list(self.choices),
+                "answer_index": self.answer_index,
+                "episode": [[e.sample_id, e.annotation_digest()] for e in self.episode],
+            }
+            blob = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+            self._digests["annotation"] = hashlib.sha256(blob.encode()).hexdigest()[:20]
+        return self._digests["annotation"]
 
     @property
     def gold_text(self) -> str:
@@ -48,6 +82,19 @@ class Sample:
         if self.references:
             return self.references[0]
         return ""
+
+
+def _image_digest(load_image: Callable[[], Image.Image]) -> str:
+    digest = getattr(load_image, "digest", None)
+    try:
+        if callable(digest):
+            return str(digest())
+        img = load_image()
+    except Exception as exc:  # noqa: BLE001 - the sample fails later with this reason; the key says so
+        return "unreadable:" + hashlib.sha256(f"{type(exc).__name__}: {exc}".encode()).hexdigest()[:12]
+    h = hashlib.sha256(f"pixels:{img.mode}:{img.size}".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()[:20]
 
 
 def majority_answer(answers: Sequence[str]) -> str:

@@ -115,7 +115,8 @@ def test_engine_refuses_unsupported_architectures():
 
 def test_engine_choice_rules():
     assert engine_requested("auto", "cpu") == "hf"
-    assert engine_requested("auto", "cuda:0", "llama") == "static"
+    # auto = generate() on CUDA too, until a GPU measurement shows the static engine token-identical
+    assert engine_requested("auto", "cuda:0", "llama") == "hf"
     assert engine_requested("auto", "cuda", "gpt2") == "hf"
     assert engine_requested("static", "cpu") == "static"
     assert engine_requested("hf", "cuda", "llama") == "hf"
@@ -151,11 +152,40 @@ def test_packaged_smollm2_engine_equals_generate(smollm2_dir):
 
 def test_sampling_falls_back_to_generate(tiny_llm_dir):
     static = _lm(tiny_llm_dir, "static")
-    torch.manual_seed(3)
     a = static.generate(["Hello"], GenerationSettings(max_new_tokens=8, greedy=False, temperature=1.0))
-    torch.manual_seed(3)
     b = _lm(tiny_llm_dir, "hf").generate(["Hello"], GenerationSettings(max_new_tokens=8, greedy=False, temperature=1.0))
     assert a == b
+
+
+def test_sampling_is_seeded_per_prompt_and_independent_of_batching(tiny_llm_dir):
+    lm = _lm(tiny_llm_dir, "hf")
+    prompts = ["Hello", "A cat sat on", "The weather today is"]
+    s0 = GenerationSettings(max_new_tokens=8, greedy=False, temperature=1.5, seed=0)
+    torch.manual_seed(123)  # the global RNG plays no part
+    together = lm.generate(prompts, s0, batch_size=3)
+    torch.manual_seed(999)
+    alone = [lm.generate([p], s0, batch_size=1)[0] for p in reversed(prompts)][::-1]
+    assert together == alone
+    other = lm.generate(prompts, GenerationSettings(max_new_tokens=8, greedy=False, temperature=1.5, seed=1), batch_size=3)
+    assert other != together  # the run seed changes the samples
+
+
+def test_static_engine_whose_first_batch_differs_falls_back_to_generate(tiny_llm_dir, caplog):
+    hf, static = _lm(tiny_llm_dir, "hf"), _lm(tiny_llm_dir, "static")
+    real = static._decoder.generate
+
+    def off_by_one(ids, att, n, stop_check=None):  # a fault in the fast path: first token changed
+        out = real(ids, att, n, stop_check=stop_check).clone()
+        out[:, 0] = (out[:, 0] + 1) % hf.model.config.vocab_size
+        return out
+
+    static._decoder.generate = off_by_one
+    prompts = [hf.chat_prompt("Name a colour."), hf.chat_prompt("What is in the kitchen?")]
+    settings = GenerationSettings(max_new_tokens=12)
+    with caplog.at_level("WARNING"):
+        got = static.generate(prompts, settings, batch_size=2)
+    assert got == hf.generate(prompts, settings, batch_size=2)
+    assert static.engine == "hf" and "differs from generate()" in caplog.text
 
 
 def test_static_engine_on_unsupported_model_is_a_clear_error(tmp_path):

@@ -48,6 +48,7 @@ class GenerationSettings:
     stop: tuple[str, ...] = ()
     greedy: bool = True
     temperature: float = 1.0
+    seed: int = 0  # sampled decoding: each prompt gets its own generator seeded from (seed, prompt)
 
 
 @dataclass(frozen=True)
@@ -172,16 +173,11 @@ def model_type_hint(source: str, name: str, revision: str | None = None) -> str 
 def engine_requested(engine: str, device: str, model_type: str | None = None) -> str:
     """The decode engine a config asks for on ``device``: "static" or "hf".
 
-    "auto" means the static engine on CUDA (where launch overhead dominates decoding) for the
-    architectures it supports, and generate() elsewhere.
+    "auto" means generate() everywhere: the CUDA-graph static engine has not yet been measured
+    token-identical to generate() on a GPU, so it is opt-in ("static") and, when chosen, checks its
+    first batch against generate() (see ``LanguageModel._generate_batch``).
     """
-    from harness.models.decode_engine import SUPPORTED_TYPES
-
-    if engine != "auto":
-        return engine
-    if not device.startswith("cuda"):
-        return "hf"
-    return "static" if model_type is None or model_type in SUPPORTED_TYPES else "hf"
+    return "hf" if engine == "auto" else engine
 
 
 class LanguageModel:
@@ -200,6 +196,7 @@ class LanguageModel:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self._decoder: Any = None
+        self._static_verified = False
         self.engine = "hf"
         if engine in ("static", "auto"):
             from harness.models.decode_engine import EngineUnsupported, StaticDecoder
@@ -309,7 +306,37 @@ class LanguageModel:
         enc = self._encode(prompts)
         n_in = enc["attention_mask"].sum(dim=1).tolist()
         if self._decoder is not None and settings.greedy:
-            return self._generate_static(enc, n_in, settings)
+            static = self._generate_static(enc, n_in, settings)
+            if self._static_verified:
+                return static
+            reference = self._generate_hf(enc, n_in, settings)  # first batch: must match generate()
+            if static != reference:
+                log.warning("LLM %s: the static engine's first batch differs from generate(); using generate() "
+                            "for this run", self.name)
+                self._decoder, self.engine = None, "hf"
+                return reference
+            self._static_verified = True
+            return static
+        if not settings.greedy:
+            return self._generate_sampled(prompts, settings)
+        return self._generate_hf(enc, n_in, settings)
+
+    def _generate_sampled(self, prompts: Sequence[str], settings: GenerationSettings) -> list[Generation]:
+        """Sampling with one generator per prompt seeded from (run seed, prompt): reproducible, and the
+        same whichever batch a prompt is in (each is decoded alone; the global RNG is left as it was)."""
+        import hashlib
+
+        out = []
+        devices = [self.device] if str(self.device).startswith("cuda") else []
+        for prompt in prompts:
+            seed = int.from_bytes(hashlib.sha256(f"{settings.seed}\0{prompt}".encode()).digest()[:8], "little")
+            enc = self._encode([prompt])
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                out += self._generate_hf(enc, enc["attention_mask"].sum(dim=1).tolist(), settings)
+        return out
+
+    def _generate_hf(self, enc: dict[str, torch.Tensor], n_in: list[int], settings: GenerationSettings) -> list[Generation]:
         gen_kwargs: dict[str, Any] = {
             "max_new_tokens": settings.max_new_tokens,
             "do_sample": not settings.greedy,

@@ -7,7 +7,6 @@ so a split never depends on file order or on the machine).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -75,9 +74,33 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+class FileImage:
+    """A zero-argument callable that opens ``path`` when called (never at dataset load time).
+
+    ``digest()`` hashes the file's bytes (what the result cache keys on): replacing the file, or
+    creating a missing one, changes it. A missing file digests as ``missing``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def __call__(self) -> Image.Image:
+        return open_rgb(self.path)
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        try:
+            with self.path.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return "missing"
+        return h.hexdigest()[:20]
+
+
 def lazy_file_image(path: Path) -> Callable[[], Image.Image]:
-    """A zero-argument callable that opens ``path`` when called (never at dataset load time)."""
-    return functools.partial(open_rgb, path)
+    """A zero-argument callable that opens ``path`` when called, with a file-bytes ``digest()``."""
+    return FileImage(path)
 
 
 def safe_relative(name: str, *, what: str) -> PurePosixPath:

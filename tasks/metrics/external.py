@@ -28,8 +28,22 @@ Missing = Literal["error", "empty", "skip"]
 
 
 def _load(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a UTF-8 JSON file ({exc})") from None
+
+
+def _records(doc: Any, path: str | Path, key: str, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """``doc[key]`` as a list of objects each holding ``fields``, or a ValueError naming the file and entry."""
+    if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
+        raise ValueError(f"{path}: expected a JSON object with a {key!r} list (the official format); "
+                         f"got {type(doc).__name__}" + (f" with keys {sorted(doc)[:5]}" if isinstance(doc, dict) else ""))
+    for k, rec in enumerate(doc[key]):
+        if not isinstance(rec, dict) or any(f not in rec for f in fields):
+            raise ValueError(f"{path}: {key}[{k}] must be an object with {', '.join(map(repr, fields))}; got {rec!r:.120}")
+    return doc[key]
 
 
 def _results(path: str | Path, id_key: str, text_key: str) -> dict[Any, str]:
@@ -55,8 +69,8 @@ def _reconcile(ids: list[Any], results: dict[Any, str], missing: Missing, what: 
         raise ValueError(f"results contain {len(unknown)} {what}s not in the annotations (e.g. {unknown[:5]})")
     absent = [i for i in ids if i not in results]
     if absent and missing == "error":
-        raise ValueError(f"{len(absent)} {what}s have no result (e.g. {absent[:5]}); pass missing='empty' to "
-                         "score them as failed" + (" or missing='skip' to evaluate only result ids" if what == "image" else ""))
+        raise ValueError(f"{len(absent)} {what}s have no result (e.g. {absent[:5]}); pass --missing empty to "
+                         "score them as failed" + (" or --missing skip to evaluate only result ids" if what == "image" else ""))
     if missing == "skip":
         ids = [i for i in ids if i in results]
     return ids, {i: results.get(i, "") for i in ids}
@@ -72,11 +86,14 @@ def score_coco_results(annotations_path: str | Path, results_path: str | Path, *
     """
     ann = _load(annotations_path)
     refs: dict[Any, list[str]] = defaultdict(list)
-    for a in ann.get("annotations", []):
-        refs[a["image_id"]].append(a["caption"])
+    for a in _records(ann, annotations_path, "annotations", ("image_id", "caption")):
+        refs[a["image_id"]].append(str(a["caption"]))
     if not refs:
         raise ValueError(f"{annotations_path}: no caption annotations")
-    ids, preds = _reconcile(list(refs), _results(results_path, "image_id", "caption"), missing, "image")
+    try:
+        ids, preds = _reconcile(list(refs), _results(results_path, "image_id", "caption"), missing, "image")
+    except ValueError as exc:
+        raise ValueError(f"{results_path}: {exc}" if str(results_path) not in str(exc) else str(exc)) from None
     return score_captions({i: refs[i] for i in ids}, preds, n_boot=n_boot, seed=seed, meteor_process=meteor_process)
 
 
@@ -88,14 +105,21 @@ def score_vqa_results(questions_path: str | Path, annotations_path: str | Path, 
         raise ValueError("missing must be 'error' or 'empty' for VQA (the official loader requires every question)")
     questions = _load(questions_path)
     annotations = _load(annotations_path)
-    q_ids = {q["question_id"] for q in questions.get("questions", [])}
+    q_ids = {q["question_id"] for q in _records(questions, questions_path, "questions", ("question_id",))}
     items: dict[Any, VQAItem] = {}
-    for a in annotations.get("annotations", []):
+    for k, a in enumerate(_records(annotations, annotations_path, "annotations", ("question_id", "answers"))):
         qid = a["question_id"]
         if qid not in q_ids:
-            raise ValueError(f"annotation for question {qid!r} has no entry in {questions_path}")
-        items[qid] = VQAItem(tuple(x["answer"] for x in a["answers"]), a.get("answer_type"), a.get("question_type"))
+            raise ValueError(f"{annotations_path}: annotation for question {qid!r} has no entry in {questions_path}")
+        answers = a["answers"]
+        if not isinstance(answers, list) or not all(isinstance(x, dict) and "answer" in x for x in answers):
+            raise ValueError(f"{annotations_path}: annotations[{k}].answers must be a list of objects like "
+                             f'{{"answer": "yes", "answer_id": 1}} (the official format); got {answers!r:.120}')
+        items[qid] = VQAItem(tuple(str(x["answer"]) for x in answers), a.get("answer_type"), a.get("question_type"))
     if not items:
         raise ValueError(f"{annotations_path}: no annotations")
-    ids, preds = _reconcile(list(items), _results(results_path, "question_id", "answer"), missing, "question")
+    try:
+        ids, preds = _reconcile(list(items), _results(results_path, "question_id", "answer"), missing, "question")
+    except ValueError as exc:
+        raise ValueError(f"{results_path}: {exc}" if str(results_path) not in str(exc) else str(exc)) from None
     return score_vqa({i: items[i] for i in ids}, preds, mode=mode, n_boot=n_boot, seed=seed)

@@ -1,0 +1,150 @@
+"""The result cache is content-addressed: a replaced image, a fixed missing image or a fixed
+annotation recomputes exactly that sample; transient failures (OOM, I/O) are never cached;
+``retry_failed`` recomputes cached failures. Runs the real :class:`Runner` on an official-format
+VQA folder with a recording paradigm (the runner's caching is under test, not a model)."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import BaseModel, ConfigDict
+
+from harness.cache import ResultCache
+from harness.config import ParadigmSpec, parse_config
+from harness.failures import TransientError, is_transient
+from harness.interface import Answer, Paradigm, Request
+from harness.runner import Plan, PlannedParadigm, Runner, plan_run
+
+
+class _Opts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Recorder(Paradigm):
+    """Answers the image's mean brightness; records which samples it was asked; can raise on demand."""
+
+    family = "text_conversion"
+    variant = "recorder"
+    uses: ClassVar[tuple[str, ...]] = ()
+    asked: ClassVar[list[str]] = []
+    raise_for: ClassVar[dict[str, BaseException]] = {}
+
+    def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
+        for r in requests:
+            if r.sample_id in self.raise_for:
+                raise self.raise_for[r.sample_id]
+        Recorder.asked.extend(r.sample_id for r in requests)
+        return [Answer(text=str(int(np.asarray(r.image).mean()))) for r in requests]
+
+
+def _image(root: Path, image_id: int, shade: int) -> None:
+    Image.new("RGB", (8, 8), (shade, shade, shade)).save(root / "images" / f"COCO_val2014_{image_id:012d}.jpg")
+
+
+def _vqa(root: Path, n: int = 4, answers: dict[int, str] | None = None) -> None:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    qs = [{"image_id": i, "question": f"What is {i}?", "question_id": i} for i in range(1, n + 1)]
+    anns = [{"question_id": i, "image_id": i, "answers": [{"answer": (answers or {}).get(i, "grey")}] * 10}
+            for i in range(1, n + 1)]
+    (root / "questions.json").write_text(json.dumps({"questions": qs, "data_subtype": "val2014"}))
+    (root / "annotations.json").write_text(json.dumps({"annotations": anns}))
+
+
+def _run(root: Path, results: Path, *, retry_failed: bool = False) -> tuple[list[str], dict[str, Any], Any]:
+    cfg = parse_config({
+        "name": "content-cache", "seed": 0, "batch_size": 2, "bootstrap": 10, "results_dir": str(results),
+        "paradigms": [{"name": "text_conversion/pica"}],
+        "tasks": [{"name": "vqav2_local", "dataset_options": {
+            "root": str(root), "questions": "questions.json", "annotations": "annotations.json", "images_dir": "images"}}],
+    })
+    base = plan_run(cfg)
+    plan = Plan(cfg, [PlannedParadigm(ParadigmSpec(name="text_conversion/recorder"), Recorder, _Opts())], base.tasks)
+    Recorder.asked = []
+    with ResultCache(results / "cache.sqlite") as cache:
+        (result,) = Runner(plan, cache=cache, progress=False, retry_failed=retry_failed).run()
+        rows = {r["sample_id"]: r for r in result.rows}
+        stored = {sid: json.loads(p) for sid, p in cache._db.execute("SELECT sample_id, payload FROM answers")}
+    return sorted(Recorder.asked), rows, stored
+
+
+def test_replaced_and_fixed_images_and_annotations_recompute_exactly_their_sample(tmp_path):
+    root, results = tmp_path / "vqa", tmp_path / "r"
+    _vqa(root)
+    for i in (1, 2, 3):
+        _image(root, i, 40 * i)  # image 4 is missing
+    asked, rows, _ = _run(root, results)
+    assert asked == ["vqav2/1", "vqav2/2", "vqav2/3"] and "not found" in rows["vqav2/4"]["error"]
+    assert _run(root, results)[0] == []  # nothing changed: all from the cache
+
+    _image(root, 2, 200)  # replace one image's bytes, same file name
+    asked, rows, _ = _run(root, results)
+    assert asked == ["vqav2/2"] and rows["vqav2/2"]["prediction"] == "200"
+
+    _image(root, 4, 10)  # fix the missing image
+    asked, rows, _ = _run(root, results)
+    assert asked == ["vqav2/4"] and rows["vqav2/4"]["error"] is None and rows["vqav2/4"]["prediction"] == "10"
+
+    _vqa(root, answers={3: "white"})  # fix one sample's annotation: its answer and the metric change
+    asked, rows, _ = _run(root, results)
+    assert asked == ["vqav2/3"] and rows["vqav2/3"]["answers"][0] == "white"
+
+
+def test_transient_failures_are_not_cached_and_retry_failed_recomputes_cached_failures(tmp_path):
+    root, results = tmp_path / "vqa", tmp_path / "r"
+    _vqa(root)
+    for i in (1, 2, 3, 4):
+        _image(root, i, 30 * i)
+    import torch
+
+    Recorder.raise_for = {
+        "vqav2/1": torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        "vqav2/2": OSError(errno.EIO, "Input/output error"),
+        "vqav2/3": ValueError("prompt longer than the model's context"),
+    }
+    try:
+        asked, rows, stored = _run(root, results)
+    finally:
+        Recorder.raise_for = {}
+    assert asked == ["vqav2/4"]
+    assert rows["vqav2/1"]["transient"] and "OutOfMemoryError" in rows["vqav2/1"]["error"]
+    assert rows["vqav2/2"]["transient"] and "Input/output" in rows["vqav2/2"]["error"]
+    assert not rows["vqav2/3"]["transient"] and "context" in rows["vqav2/3"]["error"]
+    assert set(stored) == {"vqav2/3", "vqav2/4"}  # the OOM and the I/O error are not cached
+    assert "context" in stored["vqav2/3"]["error"]
+
+    asked, rows, _ = _run(root, results)  # transient ones are retried; the deterministic one is not
+    assert asked == ["vqav2/1", "vqav2/2"] and rows["vqav2/3"]["error"]
+
+    asked, rows, stored = _run(root, results, retry_failed=True)
+    assert asked == ["vqav2/3"] and rows["vqav2/3"]["error"] is None and stored["vqav2/3"]["error"] is None
+
+
+@pytest.mark.parametrize("exc, transient", [
+    (MemoryError(), True),
+    (RuntimeError("CUDA error: out of memory"), True),
+    (TimeoutError("read timed out"), True),
+    (ConnectionError("server closed"), True),
+    (TransientError("HTTP 503 after 3 retries"), True),
+    (OSError(errno.EIO, "Input/output error"), True),
+    (FileNotFoundError(errno.ENOENT, "No such file"), False),
+    (OSError("cannot identify image file"), False),  # PIL's decode error: no errno
+    (ValueError("bad"), False),
+])
+def test_failure_classes(exc, transient):
+    assert is_transient(exc) is transient
+
+
+def test_io_error_behind_a_decode_error_is_transient():
+    try:
+        try:
+            raise OSError(errno.EIO, "Input/output error")
+        except OSError as inner:
+            raise ValueError("cannot decode image x.jpg") from inner
+    except ValueError as outer:
+        assert is_transient(outer)
