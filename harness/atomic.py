@@ -41,11 +41,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path`` durably, on error it is removed."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    from harness.cache import fault_point
+
     try:
         yield tmp
         if tmp.is_file():
             fsync_path(tmp)
+        fault_point("file_write")  # tests: a kill with the temporary written, not yet renamed
         os.replace(tmp, path)
+        fault_point("file_replaced")  # tests: a kill right after the rename
         fsync_path(path.parent)
     finally:
         if tmp.is_dir():

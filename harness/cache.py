@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS memo (
 #: fail, so crash-safety tests can land a kill *inside* a cache write or an MLflow call instead of
 #: hoping a timer does. Sites: ``cache_write`` (inside the SQLite transaction, before COMMIT),
 #: ``mlflow`` (before each tracking call) and ``train_step`` (after each optimiser step of a
-#: connector training, and after its checkpoint when one is due). Actions: ``kill`` (SIGKILL this
+#: connector training, and after its checkpoint when one is due), ``file_write`` / ``file_replaced``
+#: (in :func:`harness.atomic.atomic_path`, before / after the rename). Actions: ``kill`` (SIGKILL this
 #: process, the default), ``sigint`` (send SIGINT to this process, as Ctrl-C would) and ``raise``
 #: (raise ``ConnectionError`` at the n-th and every later visit: a tracking server that went away).
 #: Inert when unset.
@@ -137,6 +138,18 @@ def explain_sqlite_error(path: Path, err: sqlite3.Error) -> CacheError:
             f"the disk holding the result cache {path} is full (SQLite: {msg}). Every batch written "
             f"before this one is safe; free some space (or use --results-dir on another disk) and run "
             f"the same command again to resume."
+        )
+    if "disk i/o error" in low:
+        import shutil
+
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+        except OSError:
+            free = "free space unknown"
+        return CacheError(
+            f"could not write the result cache {path} (SQLite: {msg}; {free}): the disk is full, over a "
+            f"size quota, or failing. Every batch written before this one is safe; free some space (or use "
+            f"--results-dir on another disk) and run the same command again to resume."
         )
     if "not a database" in low or "malformed" in low or "corrupt" in low:
         return CacheError(

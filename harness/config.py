@@ -204,6 +204,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                          f"save it as UTF-8") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping at top level")
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from harness.atomic import atomic_json, atomic_path, set_aside
+from harness.atomic import atomic_json, atomic_path, remove_stale_temps, set_aside
 from harness.cache import fault_point
 
 STATE_FILE = "train_state.safetensors"
@@ -214,6 +214,7 @@ def train(
     if n_examples < 1:
         raise ValueError("no training examples")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(ckpt_dir)  # a SIGKILL between writing a temporary and its rename
     device = torch.device(device)
     module.to(device).train()
     if opts.steps < 1:

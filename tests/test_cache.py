@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+import pytest
+
 from harness.cache import ResultCache, sample_key
 
 
@@ -28,15 +32,41 @@ def test_key_depends_on_every_part_and_not_on_order():
         assert sample_key(**{**base, part: other}) != k
 
 
-def test_failed_transaction_writes_nothing(tmp_path):
+def test_failed_transaction_writes_nothing(tmp_path, monkeypatch):
+    """A failure *inside* the transaction (after the INSERT, before COMMIT) leaves no row."""
     c = ResultCache(tmp_path / "c.sqlite")
+    c.put_many("u", [("k0", "s0", {"text": "kept"})])
+    monkeypatch.setenv("MMBENCH_FAULT", "cache_write:1:raise")  # raises at the commit point
+    monkeypatch.setattr("harness.cache._fault_counts", {})
+    with pytest.raises(ConnectionError):
+        c.put_many("u", [("k1", "s1", {"text": "a"}), ("k2", "s2", {"text": "b"})])
+    monkeypatch.delenv("MMBENCH_FAULT")
+    assert not c._db.in_transaction  # rolled back, not left open for the next write to commit
+    c.put_many("u", [("k3", "s3", {"text": "c"})])
+    c.close()
+    with sqlite3.connect(tmp_path / "c.sqlite") as db:
+        assert sorted(k for (k,) in db.execute("SELECT key FROM answers")) == ["k0", "k3"]
 
-    def rows():
-        yield ("k1", "s1", {"text": "a"})
-        raise RuntimeError("boom")
 
-    try:
-        c.put_many("u", rows())
-    except RuntimeError:
-        pass
-    assert c.count() == 0
+def test_cache_info_and_clear_by_paradigm_and_task(tmp_path):
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    c = ResultCache(tmp_path / "cache.sqlite")
+    c.put_many("tool_agent/visual_chatgpt | world_vqa | 0-shot | trial 0",
+               [("a1", "s1", {"text": "x", "error": None}), ("a2", "s2", {"text": "", "error": "bad image"})])
+    c.put_many("text_conversion/pica | world_vqa | 0-shot | trial 0", [("b1", "s1", {"text": "y", "error": None})])
+    c.put_many("text_conversion/pica | world_caption | 0-shot | trial 0", [("c1", "s1", {"text": "z", "error": None})])
+    c.close()
+    run = CliRunner().invoke
+    info = run(main, ["cache", "info", "--results-dir", str(tmp_path)])
+    assert info.exit_code == 0 and "       2       1  tool_agent/visual_chatgpt | world_vqa" in info.output
+    assert "       4       1  total" in info.output
+    out = run(main, ["cache", "clear", "--results-dir", str(tmp_path), "--paradigm", "text_conversion",
+                     "--task", "world_vqa", "--yes"])
+    assert out.exit_code == 0 and "deleted 1 cached answers" in out.output
+    with sqlite3.connect(tmp_path / "cache.sqlite") as db:
+        assert sorted(k for (k,) in db.execute("SELECT key FROM answers")) == ["a1", "a2", "c1"]
+    assert run(main, ["cache", "clear", "--results-dir", str(tmp_path), "--yes"]).exit_code == 0
+    assert "       0       0  total" in run(main, ["cache", "info", "--results-dir", str(tmp_path)]).output

@@ -219,7 +219,7 @@ def test_bad_samples_fail_alone_and_are_counted_and_named(tmp_path, tiny_llm_dir
         assert errors[f"vqav2/{qids.index(ok) + 1}"] is None, ok
     n_bad = sum(c.startswith("bad_") for c in files)
     assert f"{n_bad} of {len(files)} samples failed" in done.stderr
-    (csv,) = list((tmp_path / "r" / "runs").glob("*/results.csv"))
+    csv = tmp_path / "r" / "runs" / "latest" / "results.csv"
     frame = pd.read_csv(csv).groupby("task")["n_failed"].max()
     assert frame["coco_caption_local"] == n_bad and frame["vqav2_local"] == 2
     assert f"({n_bad} failed)" in done.stdout

@@ -99,6 +99,78 @@ def test_kill_at_every_checkpoint_rename_resumes_to_the_uninterrupted_weights(tm
         assert not (ckpt / T.STATE_FILE).exists()
 
 
+def _atomic_writes(tmp_path: Path) -> int:
+    """How many atomic file writes an uninterrupted run makes (each is a point a SIGKILL can land)."""
+    count = 0
+    real = A.fsync_path
+
+    def counting(path):
+        nonlocal count
+        count += Path(path).is_file()
+        real(path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(A, "fsync_path", counting)
+        _train(tmp_path / "count-writes")
+    return count
+
+
+_CHILD = "import sys; from pathlib import Path; from tests.test_training_checkpoint import _train; _train(Path(sys.argv[1]))"
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_real_process_at_every_write_step_resumes_to_the_uninterrupted_weights(tmp_path):
+    """A real subprocess is SIGKILLed (``MMBENCH_FAULT``) with each checkpoint file written but not
+    yet renamed, and right after each rename; training then resumes here to the same weights, loss
+    curve and no temporary file left behind."""
+    import subprocess
+    import sys
+
+    from harness.config import repo_root
+
+    ref_module, ref = _train(tmp_path / "ref")
+    n_writes = _atomic_writes(tmp_path)
+    assert n_writes >= 5  # 3 checkpoints + final weights + final meta
+    for site in ("file_write", "file_replaced"):
+        for n in range(1, n_writes + 1):
+            ckpt = tmp_path / f"{site}-{n}"
+            env = {**os.environ, "MMBENCH_FAULT": f"{site}:{n}:kill", "OMP_NUM_THREADS": "1"}
+            done = subprocess.run([sys.executable, "-c", _CHILD, str(ckpt)], env=env, cwd=repo_root(),
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == -9, (site, n, done.stderr[-2000:])
+            if site == "file_write":
+                assert list(ckpt.glob("*.tmp")), "the kill should leave the temporary behind"
+            done_result = T.load_result(ckpt)
+            if done_result is None:
+                module, result = _train(ckpt)
+            else:
+                module = _module()
+                T.load_weights(module, ckpt / T.FINAL_FILE)
+                result = done_result
+            assert _same_weights(ref_module, module), f"SIGKILL at {site} #{n}: weights differ"
+            assert result.loss_curve == ref.loss_curve, f"SIGKILL at {site} #{n}: loss curve differs"
+            assert not list(ckpt.glob("*.tmp")) or done_result is not None, f"{site} #{n}: temporary left"
+
+
+def test_truncated_state_and_meta_are_set_aside_and_training_resumes(tmp_path, caplog):
+    ref_module, ref = _train(tmp_path / "ref")
+    ckpt = tmp_path / "ckpt"
+    _train(ckpt)
+    meta = ckpt / T.FINAL_META
+    meta.write_text(meta.read_text()[:20])  # a truncated meta.json
+    with caplog.at_level("WARNING"):
+        assert T.load_result(ckpt) is None
+    assert "unreadable" in caplog.text and list(ckpt.glob("meta.json.corrupt-*"))
+    module, result = _train(ckpt)  # retrains rather than crashing on every later run
+    assert _same_weights(ref_module, module) and result.loss_curve == ref.loss_curve
+
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / T.STATE_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":")  # truncated safetensors
+    module, result = _train(state_dir)
+    assert _same_weights(ref_module, module) and list(state_dir.glob(f"{T.STATE_FILE}.corrupt-*"))
+
+
 def test_state_file_carries_its_own_step(tmp_path):
     """The step lives in the state file's header, so tensors and step cannot disagree."""
     x, y = _data()
