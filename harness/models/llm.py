@@ -105,7 +105,9 @@ def llm_fingerprint(source: str, name: str, revision: str | None = None) -> str:
         if not folder.is_dir():
             raise ModelUnavailable(f"local LLM folder {name!r} does not exist")
         return f"local:{folder.name}:{_folder_fingerprint(folder)}"
-    return f"hub:{name}@{revision or 'main'}"
+    from harness.hub_pin import pinned_revision
+
+    return f"hub:{name}@{pinned_revision(name, revision)}"
 
 
 def _convert_packaged(name: str, cache_dir: Path) -> Path:
