@@ -11,9 +11,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
-from typing import Any
 
 from tests.test_report import report_store  # noqa: F401  (session fixture, built once)
 
