@@ -72,8 +72,24 @@ class Answer:
 
     @classmethod
     def failed(cls, reason: str, **trace: Any) -> "Answer":
-        """A deterministic failure (undecodable image, overlong prompt): cached with its reason."""
-        return cls(text="", error=reason, trace=dict(trace))
+        """A failed sample. Deterministic (undecodable image, overlong prompt: cached with its reason)
+        unless called while handling an exception that :func:`harness.failures.is_transient` calls
+        transient (out of memory, I/O, timeout), so a paradigm's ``except Exception: return
+        Answer.failed(...)`` never caches an OOM."""
+        import sys
+
+        from harness.failures import is_transient
+
+        handling = sys.exc_info()[1]
+        transient = handling is not None and is_transient(handling)
+        return cls(text="", error=reason, trace=dict(trace), transient=transient)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, **trace: Any) -> "Answer":
+        """A failed sample from ``exc``, transient or deterministic by :func:`harness.failures.is_transient`."""
+        from harness.failures import describe, is_transient
+
+        return cls(text="", error=describe(exc), trace=dict(trace), transient=is_transient(exc))
 
     @classmethod
     def retryable(cls, reason: str, **trace: Any) -> "Answer":

@@ -177,6 +177,10 @@ def rebase_artifacts(db: Path, artifact_root: Path) -> int:
     moved = 0
     try:
         rows = con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall()
+    except sqlite3.Error:  # not (yet) an MLflow store: nothing to point anywhere
+        con.close()
+        return 0
+    try:
         stale = [(eid, loc) for eid, loc in rows
                  if isinstance(loc, str) and loc.startswith("file://") and loc.rstrip("/").endswith("/mlartifacts")
                  and loc.rstrip("/") != new_root]

@@ -35,10 +35,23 @@ class Recorder(Paradigm):
     asked: ClassVar[list[str]] = []
     raise_for: ClassVar[dict[str, BaseException]] = {}
 
+    catch: ClassVar[bool] = False  # like most paradigms: turn a sample's exception into Answer.failed
+
     def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
+        out = []
         for r in requests:
             if r.sample_id in self.raise_for:
-                raise self.raise_for[r.sample_id]
+                if not self.catch:
+                    raise self.raise_for[r.sample_id]
+                try:
+                    raise self.raise_for[r.sample_id]
+                except Exception as exc:  # noqa: BLE001
+                    out.append(Answer.failed(f"{type(exc).__name__}: {exc}"))
+                    continue
+            out.append(None)
+        if self.catch and any(a is not None for a in out):
+            Recorder.asked.extend(r.sample_id for r, a in zip(requests, out) if a is None)
+            return [a or Answer(text=str(int(np.asarray(r.image).mean()))) for r, a in zip(requests, out)]
         Recorder.asked.extend(r.sample_id for r in requests)
         return [Answer(text=str(int(np.asarray(r.image).mean()))) for r in requests]
 
@@ -123,6 +136,25 @@ def test_transient_failures_are_not_cached_and_retry_failed_recomputes_cached_fa
 
     asked, rows, stored = _run(root, results, retry_failed=True)
     assert asked == ["vqav2/3"] and rows["vqav2/3"]["error"] is None and stored["vqav2/3"]["error"] is None
+
+
+def test_a_paradigm_that_catches_an_oom_itself_does_not_cache_it(tmp_path):
+    import torch
+
+    root, results = tmp_path / "vqa", tmp_path / "r"
+    _vqa(root)
+    for i in (1, 2, 3, 4):
+        _image(root, i, 30 * i)
+    Recorder.catch = True
+    Recorder.raise_for = {"vqav2/1": torch.cuda.OutOfMemoryError("CUDA out of memory"),
+                          "vqav2/2": ValueError("prompt longer than the model's context")}
+    try:
+        asked, rows, stored = _run(root, results)
+    finally:
+        Recorder.catch, Recorder.raise_for = False, {}
+    assert rows["vqav2/1"]["transient"] and not rows["vqav2/2"]["transient"]
+    assert set(stored) == {"vqav2/2", "vqav2/3", "vqav2/4"}
+    assert _run(root, results)[0] == ["vqav2/1"]
 
 
 @pytest.mark.parametrize("exc, transient", [
