@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import signal
 import socket
 import sqlite3
 import subprocess

@@ -4,14 +4,10 @@ code-execution hazards."""
 
 from __future__ import annotations
 
-import ast
 import os
-import re
-import signal
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -84,7 +84,9 @@ def open_table(spec: HubSpec, split: str, o: HubOptions):
         spec.hub_id, split=hub_split, revision=revision, data_files=dict(spec.data_files) if spec.data_files else None,
         cache_dir=o.cache_dir,
     )
-    return ds, f"hub:{spec.hub_id}@{revision or 'main'}"
+    from harness.hub_pin import pinned_revision  # the commit loaded, so the task fingerprint moves with it
+
+    return ds, f"hub:{spec.hub_id}@{pinned_revision(spec.hub_id, revision, 'dataset')}"
 
 
 def _decode(value: Any, where: str) -> Image.Image:
