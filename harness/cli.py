@@ -40,6 +40,15 @@ class _Main(click.Group):
                                        f"save it as UTF-8 and run again") from None
         except OSError as exc:
             raise click.ClickException(_os_error_message(exc)) from None
+        except Exception as exc:
+            # The MLflow store failing (unwritable folder, not a database, server gone) is an
+            # ordinary condition, not a bug: say which store and why.
+            if type(exc).__module__.split(".")[0] in ("mlflow", "sqlalchemy"):
+                raise click.ClickException(
+                    f"the MLflow store could not be used: {type(exc).__name__}: {redact_uri(str(exc))[:600]}\n"
+                    f"Check --results-dir / --tracking-uri (the folder must be writable)."
+                ) from None
+            raise
 
 
 def _os_error_message(exc: OSError) -> str:

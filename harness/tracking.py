@@ -154,9 +154,31 @@ def default_tracking_uri(results_dir: Path) -> str:
     read (and write) the original's artifacts, or find none. See :func:`rebase_artifacts`.
     """
     db = (Path(results_dir) / "mlflow.db").resolve()
+    _check_local_store(db)
     if db.is_file():
         rebase_artifacts(db, Path(results_dir) / "mlartifacts")
     return f"sqlite:///{db}"
+
+
+def _check_local_store(db: Path) -> None:
+    """Fail at once on a store MLflow cannot open (it would retry for minutes, then raise SQLAlchemy's error)."""
+    if db.exists() and not db.is_file():
+        raise TrackingError(f"the MLflow store {db} is not a file; move it aside (or pass --tracking-uri)")
+    if db.is_file():
+        try:
+            with db.open("rb") as fh:
+                head = fh.read(16)
+        except OSError as exc:
+            raise TrackingError(f"cannot read the MLflow store {db}: {exc}") from None
+        if head and head != b"SQLite format 3\x00":
+            raise TrackingError(f"the MLflow store {db} is not an SQLite database; move it aside: mv {db} {db}.corrupt")
+        return
+    parent = db.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise TrackingError(f"cannot create the MLflow store {db}: {parent} is not writable; "
+                            f"choose a writable --results-dir (or pass --tracking-uri)")
 
 
 def rebase_artifacts(db: Path, artifact_root: Path) -> int:

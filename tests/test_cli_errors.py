@@ -74,6 +74,16 @@ def test_report_into_an_unwritable_place_is_a_message(tmp_path):
     assert code == 1 and "Traceback" not in out
 
 
+def test_report_on_a_store_that_cannot_be_opened(tmp_path):
+    (tmp_path / "r" / "mlflow.db").mkdir(parents=True)  # a folder where the SQLite store should be
+    code, out = _cli("report", "--results-dir", str(tmp_path / "r"))
+    assert code == 1 and "is not a file" in out
+    (tmp_path / "r" / "mlflow.db").rmdir()
+    (tmp_path / "r" / "mlflow.db").write_bytes(b"garbage, not SQLite" * 10)
+    code, out = _cli("report", "--results-dir", str(tmp_path / "r"))
+    assert code == 1 and "not an SQLite database" in out and "mv " in out
+
+
 def test_compare_with_unknown_run_ids(tmp_path):
     code, out = _cli("compare", "0123abcd", "4567ef01", "--results-dir", str(tmp_path / "r"))
     assert code == 1 and "no run with id '0123abcd'" in out
