@@ -582,6 +582,8 @@ class Runner:
             }
             if price is not None:
                 row["llm_cost"] = llm_cost(a.llm_tokens_in, a.llm_tokens_out, price)
+            elif isinstance(a.trace, dict) and a.trace.get("llm_cost") is not None:  # a paradigm's own endpoint
+                row["llm_cost"] = float(a.trace["llm_cost"])
             for m, scores in metrics.per_sample.items():
                 if len(scores) == len(prepared):
                     row[f"score_{m}"] = scores[len(rows)]
@@ -596,9 +598,9 @@ class Runner:
             "n_failed": float(sum(1 for a in answers if a.error)),
             "n_samples": float(len(answers)),
         }
-        if price is not None:  # money per sample at the configured price per million tokens
-            costs["llm_cost_mean"] = sum(r["llm_cost"] for r in rows) / n
-            costs["llm_cost_total"] = sum(r["llm_cost"] for r in rows)
+        if any("llm_cost" in r for r in rows):  # money per sample at the configured price per million tokens
+            costs["llm_cost_mean"] = sum(r.get("llm_cost", 0.0) for r in rows) / n
+            costs["llm_cost_total"] = sum(r.get("llm_cost", 0.0) for r in rows)
         for counter in ("parse_errors", "budget_exhausted", "tool_failures"):
             total = sum(int(a.trace.get(counter, 0) or 0) for a in answers if isinstance(a.trace, dict))
             costs[counter] = float(total)

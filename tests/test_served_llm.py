@@ -372,3 +372,61 @@ def test_served_config_keeps_secrets_and_speed_out_of_the_identity():
         parse_config({**base, "models": {"llm": {**llm, "base_url": "https://user:secret@host/v1"}}})
     with pytest.raises(ConfigError, match=r"unknown config key 'models.llm.api_key' \(valid keys: api, api_key_env"):
         parse_config({**base, "models": {"llm": {**llm, "api_key": "sk-x"}}})
+
+
+# --------------------------------------------------------------------------- served VLM
+@pytest.mark.slow
+def test_served_vlm_sends_images_as_data_urls_and_demos_as_earlier_turns(server):
+    """The request a served VLM gets, read off the wire: each turn's image decodes to the sample's own
+    pixels; demonstrations are earlier user/assistant turns. (The server here is the text model:
+    ``transformers serve`` keeps only the text parts for it, so the answer checks transport, not vision.)"""
+    import base64
+    import io
+
+    from PIL import Image
+    from skimage import data as skdata
+
+    from harness.interface import Request, Shot
+    from harness.models.llm import GenerationSettings
+    from paradigms.trained_adapter.served_vlm import ServedVlm, ServedVlmOptions
+
+    cat, coffee = Image.fromarray(skdata.chelsea()), Image.fromarray(skdata.coffee())
+    proxy = FaultProxy(server.base_url.removesuffix("/v1"), [])
+    bodies: list[dict] = []
+    orig = proxy.httpd.RequestHandlerClass.do_POST
+
+    def record(handler) -> None:  # keep a copy of each request body, then forward as usual
+        n = int(handler.headers.get("content-length", 0))
+        raw = handler.rfile.read(n)
+        bodies.append(json.loads(raw))
+        handler.rfile = io.BytesIO(raw)
+        orig(handler)
+
+    proxy.httpd.RequestHandlerClass.do_POST = record
+    try:
+        opts = ServedVlmOptions(base_url=proxy.base_url, model=server.model, max_new_tokens=6)
+        par = ServedVlm(SimpleBackbones(), opts, GenerationSettings(8, ("\n",)))
+        shot = Shot("s1", "coffee", coffee, "What is in the cup?", "coffee")
+        reqs = [Request("q1", "cat", cat, "What animal is this?", shots=(shot,)), Request("q2", "none", None, "?")]
+        answers = par.answer_batch(reqs)
+    finally:
+        proxy.close()
+    assert answers[1].error == "no image" and not answers[0].error
+    (body,) = bodies
+    msgs = body["messages"]
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user"] and msgs[1]["content"] == "coffee"
+    for m, img in ((msgs[0], coffee), (msgs[2], cat)):
+        part = m["content"][0]["image_url"]["url"]
+        assert part.startswith("data:image/png;base64,")
+        sent = Image.open(io.BytesIO(base64.b64decode(part.split(",", 1)[1])))
+        assert sent.tobytes() == img.convert("RGB").tobytes()
+    assert msgs[2]["content"][1] == {"type": "text", "text": "What animal is this?"}
+    assert body["max_tokens"] == 6 and body["temperature"] == 0.0 and body["seed"] == 0
+    # the answer is the server's reply to the same conversation's text
+    assert answers[0].llm_tokens_in > 0 and answers[0].trace["images"] == 2
+    fp = par.fingerprint()
+    assert "base_url" not in fp["options"] and fp["endpoint"].startswith(f"openai:chat:{server.model}")
+
+
+class SimpleBackbones:
+    seed = 0

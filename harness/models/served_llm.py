@@ -327,8 +327,16 @@ class ServedLanguageModel:
     ) -> list[Generation]:
         """Each prompt's continuation, cut at the first stop string (``batch_size`` is the server's business)."""
         stop = tuple(s for s in settings.stop if s)
-        jobs = [self._job(p, settings, stop) for p in prompts]
-        results = self._run_all(jobs, lambda r: r)
+        return self._generations(self._run_all([self._job(p, settings, stop) for p in prompts], lambda r: r), stop)
+
+    def chat(self, conversations: Sequence[list[dict[str, Any]]], settings: GenerationSettings) -> list[Generation]:
+        """Chat-API replies to ready-made message lists (content parts may carry images as data URLs)."""
+        stop = tuple(s for s in settings.stop if s)
+        kw = self._sampling(settings, stop)
+        jobs = [("chat", {**kw, "messages": list(m)}) for m in conversations]
+        return self._generations(self._run_all(jobs, lambda r: r), stop)
+
+    def _generations(self, results: list[Any], stop: tuple[str, ...]) -> list[Generation]:
         out = []
         for r in results:
             choice = r.choices[0]
