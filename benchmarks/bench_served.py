@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._report import add_output_args, emit
+from _report import add_output_args, emit
 from harness.config import ServedLLMSource
 from harness.models.llm import GenerationSettings, _convert_packaged, default_cache_dir
 from harness.models.serve_local import start_transformers_serve

@@ -69,11 +69,15 @@ class CallStats:
     latency_s: float = 0.0
     retry_reasons: dict[str, int] = field(default_factory=dict)
 
-    def as_metrics(self) -> dict[str, float]:
+    def as_metrics(self, samples: int) -> dict[str, float]:
+        """Run-level MLflow metrics (``samples``: how many samples this process computed)."""
         return {
             "served_calls": float(self.calls),
+            "served_calls_per_sample": self.calls / samples if samples else 0.0,
             "served_retries": float(self.retries),
             "served_latency_per_call_s": self.latency_s / self.calls if self.calls else 0.0,
+            "served_tokens_in": float(self.tokens_in),
+            "served_tokens_out": float(self.tokens_out),
         }
 
 
