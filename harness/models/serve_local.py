@@ -58,6 +58,18 @@ def _serve_command() -> list[str]:
     raise RuntimeError("`transformers serve` not found: pip install 'transformers[serving]'")
 
 
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the process that started it dies (no orphan servers)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
 def start_transformers_serve(
     model_dir: Path | str,
     log_path: Path,
@@ -77,7 +89,8 @@ def start_transformers_serve(
     cmd += [*extra_args, model]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                            preexec_fn=_die_with_parent)
     server = LocalServer(proc, port, model, Path(log_path))
     deadline = time.time() + startup_timeout_s
     while time.time() < deadline:
