@@ -13,6 +13,7 @@ at every concurrency are checked against the sequential ones (greedy decoding).
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,6 +56,7 @@ def measure(base_url: str, model: str, tokenizer: dict | None, n: int, new_token
             "requests_per_s": round(n / secs, 3),
             "answers_equal_sequential": texts == reference,
         }
+        print(f"concurrency {c}: {out[str(c)]}", file=sys.stderr, flush=True)  # progress on long runs
     seq = out["1"]["seconds"]
     for c in LEVELS:
         out[str(c)]["ratio_to_sequential"] = round(seq / out[str(c)]["seconds"], 2)
@@ -84,6 +86,7 @@ def main() -> None:
     result["server_threads"] = args.threads
     logs = Path(tempfile.mkdtemp())
     for label, cb in (("no_continuous_batching", False), ("continuous_batching", True)):
+        print(label, file=sys.stderr, flush=True)
         srv = start_transformers_serve(folder, logs / f"{label}.log", continuous_batching=cb, threads=args.threads)
         try:
             result[label] = measure(srv.base_url, srv.model, tok, args.requests, args.new_tokens)

@@ -137,6 +137,11 @@ def test_served_answers_equal_in_process_for_agents_text_conversion_and_scienceq
             want = (b["llm_tokens_in"] * PAID["input_per_mtok"] + b["llm_tokens_out"] * PAID["output_per_mtok"]) / 1e6
             assert b["llm_cost"] == pytest.approx(want)
         assert r_sv.costs["llm_cost_mean"] > 0 and "llm_cost" not in r_in.rows[0]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs['tmp'] / 'served' / 'mlflow.db'}")
+    parent = client.get_run(runs["served"].parent_run_id).data.metrics
+    assert parent["served_calls"] >= len(served) and parent["served_retries"] == 0  # >= 1 call per sample
 
 
 @pytest.mark.slow
@@ -464,3 +469,18 @@ def test_chat_api_continues_an_assistant_turn_only_with_prefill():
     # a fresh turn (no tail) is plain messages
     kind, kw = llm._job(llm.chat_prompt("Q?"), GenerationSettings(4), ())
     assert kw["messages"] == [{"role": "user", "content": "Q?"}] and "extra_body" not in kw
+
+
+def test_echoed_logprobs_count_the_continuation_tokens_only():
+    """The arithmetic of endpoint log-probs on a vLLM/OpenAI-shaped ``logprobs`` object (prompt
+    "Q: a" + continuation " cat", echoed, then one generated token)."""
+    from types import SimpleNamespace
+
+    from harness.models.served_llm import echoed_continuation_logprob
+
+    lp = SimpleNamespace(tokens=["Q", ":", " a", " cat", "!"], text_offset=[0, 1, 2, 4, 8],
+                         token_logprobs=[None, -1.0, -2.0, -0.5, -9.0])
+    assert echoed_continuation_logprob(lp, 4, 8) == -0.5  # " cat" only; "!" was generated
+    # a token straddling the boundary ("a c" merged) belongs to the continuation
+    lp2 = SimpleNamespace(tokens=["Q:", " a c", "at"], text_offset=[0, 2, 6], token_logprobs=[None, -1.5, -0.25])
+    assert echoed_continuation_logprob(lp2, 4, 8) == -1.75

@@ -398,7 +398,7 @@ class ServedLanguageModel:
         ]
         results = self._run_all(jobs, lambda r: r)
         scores = []
-        for p, r in zip(prompts, results):
+        for p, c, r in zip(prompts, continuations, results):
             lp = getattr(r.choices[0], "logprobs", None)
             if lp is None or not getattr(lp, "token_logprobs", None) or not getattr(lp, "text_offset", None):
                 raise RetryableFailure(
@@ -407,14 +407,7 @@ class ServedLanguageModel:
                     "completions models return them; for other servers set models.llm.logprobs: local with "
                     "models.llm.tokenizer naming a local copy of the same weights"
                 )
-            total = 0.0
-            # A token belongs to the continuation when any of its characters does (echo covers the
-            # prompt's tokens, then the continuation's, then the one generated token, which is skipped).
-            n_echo = len(lp.token_logprobs) - 1
-            for off, tok, val in zip(lp.text_offset[:n_echo], lp.tokens[:n_echo], lp.token_logprobs[:n_echo]):
-                if off + len(tok) > len(p) and val is not None:
-                    total += float(val)
-            scores.append(total)
+            scores.append(echoed_continuation_logprob(lp, len(p), len(p) + len(c)))
         return scores
 
     def _local_model(self) -> Any:
@@ -441,6 +434,20 @@ class ServedLanguageModel:
             self._loop.loop.call_soon_threadsafe(self._loop.loop.stop)
             self._loop = None
             self._client = None
+
+
+def echoed_continuation_logprob(lp: Any, start: int, end: int) -> float:
+    """Sum the echoed log-probs of the tokens that hold continuation characters ``[start, end)``.
+
+    A token counts when any of its characters lies in the continuation (a token merging the
+    prompt's last characters with the continuation's first is the continuation's); tokens starting
+    at or after ``end`` were generated, not echoed, and are skipped.
+    """
+    total = 0.0
+    for off, tok, val in zip(lp.text_offset, lp.tokens, lp.token_logprobs):
+        if off < end and off + len(tok) > start and val is not None:
+            total += float(val)
+    return total
 
 
 def split_chat_prompt(prompt: str) -> tuple[list[dict[str, Any]] | None, str]:
