@@ -18,15 +18,20 @@ from harness.models.llm import LanguageModel, default_cache_dir, engine_requeste
 class Backbones:
     """Lazy holder of the run's LLM, text embedder, image–text scorer, vision tools and encoder."""
 
-    def __init__(self, models: ModelsConfig, cache_dir: Path | None = None) -> None:
+    def __init__(self, models: ModelsConfig, cache_dir: Path | None = None, *, seed: int = 0) -> None:
         self.config = models
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.seed = seed  # sent with every request to a served LLM
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------- models
     @cached_property
     def llm(self) -> LanguageModel:
         c = self.config.llm
+        if c.source == "openai":
+            from harness.models.served_llm import ServedLanguageModel
+
+            return ServedLanguageModel(c, seed=self.seed, cache_dir=self.cache_dir)  # type: ignore[return-value]
         return LanguageModel.load(
             c.source,
             c.name,
@@ -84,6 +89,23 @@ class Backbones:
 
         return load_efficientnet_lite0()
 
+    def _llm_fingerprint(self) -> str:
+        c = self.config.llm
+        if c.source == "openai":
+            from harness.models.served_llm import served_fingerprint
+
+            return served_fingerprint(c, self.seed)
+        from harness.models.llm import _resolve_dtype, resolve_device
+
+        device = resolve_device(c.device)
+        dtype = str(_resolve_dtype(c.dtype, device)).replace("torch.", "")
+        # The resolved dtype and device type change numerics; the number of devices does not.
+        fp = llm_fingerprint(c.source, c.name, c.revision) + f":{dtype}:{device.split(':')[0]}"
+        hint = model_type_hint(c.source, c.name, c.revision) if device.startswith("cuda") else None
+        if engine_requested(c.engine, device, hint) == "static":
+            fp += ":static-engine"  # its float rounding may differ from generate()'s in low bits
+        return fp
+
     def loaded(self) -> list[str]:
         """Which backbones were actually loaded (for the run log)."""
         return [k for k in ("llm", "text_embedder", "tools", "scorer", "vision_encoder") if k in self.__dict__]
@@ -95,15 +117,7 @@ class Backbones:
         from harness.models.tools import ToolBox
 
         c = self.config
-        from harness.models.llm import _resolve_dtype, resolve_device
-
-        device = resolve_device(c.llm.device)
-        dtype = str(_resolve_dtype(c.llm.dtype, device)).replace("torch.", "")
-        # The resolved dtype and device type change numerics; the number of devices does not.
-        fp = {"llm": llm_fingerprint(c.llm.source, c.llm.name, c.llm.revision) + f":{dtype}:{device.split(':')[0]}"}
-        hint = model_type_hint(c.llm.source, c.llm.name, c.llm.revision) if device.startswith("cuda") else None
-        if engine_requested(c.llm.engine, device, hint) == "static":
-            fp["llm"] += ":static-engine"  # its float rounding may differ from generate()'s in low bits
+        fp = {"llm": self._llm_fingerprint()}
         embedder = TextEmbedder.load(c.text_embedder.source, c.text_embedder.name)
         tools = ToolBox()
         fp["text_embedder"] = embedder.fingerprint()

@@ -123,8 +123,11 @@ def run(config_path, paradigm, task, limit, shots, trials, seed, batch_size, res
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:
+        from harness.interface import RetryableFailure
         from harness.tracking import TrackingError
 
+        if isinstance(exc, RetryableFailure):  # e.g. the LLM endpoint went away: resumable, nothing lost
+            raise click.ClickException(f"run stopped: {exc}") from None
         if isinstance(exc, TrackingError):
             raise click.ClickException(f"{exc}\nNothing was computed. Check --tracking-uri / tracking.uri "
                                        f"(or start the MLflow server) and run the same command again.") from None

@@ -13,10 +13,10 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 
 class Strict(BaseModel):
@@ -40,6 +40,58 @@ class LLMSource(Strict):
     engine: Literal["auto", "hf", "static"] = "auto"
 
 
+class ServedPrice(Strict):
+    """US dollars (or any one currency) per million tokens; turns token usage into money per sample."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class ServedLLMSource(Strict):
+    """An LLM behind an OpenAI-compatible HTTP endpoint (vLLM, SGLang, TGI, Ollama, OpenAI, transformers serve).
+
+    The key itself never appears here: ``api_key_env`` names the environment variable holding it.
+    ``tokenizer`` is a local copy of the served model's tokenizer (same forms as the in-process
+    ``source``/``name``): it applies the chat template and counts tokens exactly as the in-process
+    path does; without it the chat API applies the server's template and token counts are the
+    server's ``usage`` (budgets that need a count before a call then refuse to run).
+    ``logprobs``: ``endpoint`` asks the server for them and stops with an error where it does not
+    return them; ``local`` scores with the in-process copy named by ``tokenizer`` (a labelled
+    fallback: same weights, computed here).
+    """
+
+    source: Literal["openai"]
+    base_url: str
+    model: str
+    api: Literal["chat", "completions"] = "completions"
+    api_key_env: str | None = None
+    max_concurrency: int = Field(8, ge=1, le=1024)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0, le=50)
+    tokenizer: "LLMSource | None" = None
+    logprobs: Literal["endpoint", "local"] = "endpoint"
+    chat_prefill: bool = False  # chat API: continue a partial assistant turn (vLLM/SGLang continue_final_message)
+    price: ServedPrice | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        parts = urlsplit(v)
+        if parts.username or parts.password or parts.query:
+            # Configs are logged (MLflow config.yaml, results): a secret in the URL would be too.
+            raise ValueError("base_url must not carry credentials or a query; name the key's environment "
+                             "variable in api_key_env")
+        return v.rstrip("/")
+
+    #: Settings that change how fast or where answers come, or what they cost, never what they are.
+    NOT_IDENTITY: ClassVar[tuple[str, ...]] = ("base_url", "api_key_env", "max_concurrency", "timeout_s",
+                                               "max_retries", "price")
+
+
 class ScorerSource(Strict):
     # hf_clip: transformers' CLIPModel; ``model`` is a hub id (e.g. openai/clip-vit-base-patch32) or folder
     kind: Literal["tag-minilm", "open_clip", "hf_clip"] = "tag-minilm"
@@ -57,8 +109,23 @@ class VisionEncoderSource(Strict):
     name: str = ""
 
 
+def _llm_kind(v: Any) -> str:
+    source = v.get("source") if isinstance(v, dict) else getattr(v, "source", None)
+    return "served" if source == "openai" else "in_process"
+
+
+#: ``models.llm``: in-process (packaged/hub/local) unless ``source: openai``; existing configs keep their hash.
+AnyLLMSource = Annotated[
+    Union[Annotated[LLMSource, Tag("in_process")], Annotated[ServedLLMSource, Tag("served")]],
+    Discriminator(_llm_kind),
+]
+
+
+_LLM_TAGS: dict[Any, type[BaseModel]] = {"in_process": LLMSource, "served": ServedLLMSource}
+
+
 class ModelsConfig(Strict):
-    llm: LLMSource = LLMSource()
+    llm: AnyLLMSource = LLMSource()
     scorer: ScorerSource = ScorerSource()
     text_embedder: TextEmbedderSource = TextEmbedderSource()
     vision_encoder: VisionEncoderSource = VisionEncoderSource()
@@ -144,6 +211,9 @@ class RunConfig(Strict):
             d.pop(k, None)
         if d.get("models", {}).get("llm", {}).get("engine") == "auto":
             d["models"]["llm"].pop("engine")  # the default: keeps hashes of older configs unchanged
+        if d.get("models", {}).get("llm", {}).get("source") == "openai":
+            for k in ServedLLMSource.NOT_IDENTITY:
+                d["models"]["llm"].pop(k, None)
         return d
 
     def config_hash(self) -> str:
@@ -171,9 +241,12 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] | None 
     """Turn pydantic's error into one line per problem naming the key (and valid keys)."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        # The tag of a tagged union (models.llm: in_process | served) names no config key.
+        where = tuple(p for p in err["loc"] if p not in _LLM_TAGS)
+        loc = ".".join(str(p) for p in where)
         if err["type"] == "extra_forbidden":
-            valid = _valid_keys_at(model, err["loc"][:-1]) if model else []
+            tag = next((_LLM_TAGS[p] for p in err["loc"] if p in _LLM_TAGS), None)
+            valid = sorted(tag.model_fields) if tag else _valid_keys_at(model, where[:-1]) if model else []
             hint = f" (valid keys: {', '.join(valid)})" if valid else ""
             lines.append(f"unknown config key '{loc}'{hint}")
         else:

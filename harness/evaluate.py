@@ -260,6 +260,10 @@ def run_evaluation(
             point_latest(summary_dir)
             guard("logging resources", tracker.log_metrics, parent,
                   {k: v for k, v in usage.items() if isinstance(v, (int, float))})
+            served = getattr(runner.backbones.__dict__.get("llm"), "stats", None)  # a served LLM's calls
+            if served is not None:
+                guard("logging served-LLM calls", tracker.log_metrics, parent,
+                      served.as_metrics(sum(r.computed for r in results)))
             guard("logging results.md", tracker.log_text, parent, table + "\n", "results.md")
             guard("logging results.csv", tracker.log_text, parent, frame.to_csv(index=False), "results.csv")
         guard("ending the parent run", tracker.end, parent, status if guard.error is None else "FAILED")

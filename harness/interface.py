@@ -53,6 +53,12 @@ class Request:
     max_new_tokens: int = 16
 
 
+class RetryableFailure(RuntimeError):
+    """No answer could be had for a reason outside the sample (an LLM endpoint down or refusing us
+    after its retries). The runner caches nothing of the batch and stops the run with this message;
+    answers of earlier batches stay cached, so the same command run again resumes."""
+
+
 @dataclass
 class Answer:
     """A paradigm's answer and what it cost. ``error`` set means the sample failed (scored as wrong)."""

@@ -22,8 +22,9 @@ from harness.backbones import Backbones
 from harness.cache import ResultCache, sample_key
 from harness.config import ConfigError, ParadigmSpec, RunConfig, format_validation_error, repo_root, stable_hash
 from harness.failures import describe, is_transient
-from harness.interface import Answer, Paradigm, Request, Shot
+from harness.interface import Answer, Paradigm, Request, RetryableFailure, Shot
 from harness.models.llm import GenerationSettings
+from harness.models.served_llm import llm_cost
 from harness.registry import FAMILIES, paradigms
 from tasks.base import Dataset, MetricResult, Sample
 from tasks.spec import TaskSpec, get_task, task_specs
@@ -156,6 +157,13 @@ def plan_run(
             msg = format_validation_error(exc, cls.Options).replace("config key '", f"config key 'paradigms[{i}].options.")
             raise ConfigError(msg) from None
         planned.append(PlannedParadigm(spec, cls, opts))
+    if config.models.llm.source == "openai":
+        from harness.models.served_llm import served_llm_refusal
+
+        for i, p in enumerate(planned):
+            why = served_llm_refusal(p.spec.family, p.cls.uses)
+            if why:
+                raise ConfigError(f"config key 'paradigms[{i}]' ({p.spec.name}) cannot use models.llm.source: openai: {why}")
     labels = [p.label for p in planned]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"paradigm labels must be unique; got {labels} (set 'label' to tell variants apart)")
@@ -308,7 +316,7 @@ class Runner:
         self.retry_failed = retry_failed
         self.config = plan.config
         self.cache = cache
-        self.backbones = backbones or Backbones(self.config.models)
+        self.backbones = backbones or Backbones(self.config.models, seed=self.config.seed)
         self.progress = progress
         self.on_unit = on_unit
         self.on_prepared = on_prepared
@@ -471,8 +479,8 @@ class Runner:
             answers = paradigm.answer_batch(requests)
             if len(answers) != len(requests):
                 raise RuntimeError(f"{paradigm.name} returned {len(answers)} answers for {len(requests)} requests")
-        except KeyboardInterrupt:
-            raise
+        except (KeyboardInterrupt, RetryableFailure):
+            raise  # RetryableFailure: not an answer; nothing of this batch is cached, the run stops
         except (Exception, MemoryError) as exc:  # noqa: BLE001 - classified: transient ones are not cached
             if len(requests) == 1:
                 return [_failure(describe(exc), exc)]
@@ -572,6 +580,7 @@ class Runner:
                 extra = self._clipscore(unit, samples, preds)
                 if extra is not None:
                     metrics = merge_metrics(metrics, extra)
+        price = getattr(self.config.models.llm, "price", None)  # served LLMs with a price table only
         rows = []
         for p, a, pred in zip(prepared, answers, preds):
             s = p.sample
@@ -593,6 +602,10 @@ class Runner:
                 "tool_calls": a.tool_calls,
                 "trace": a.trace,
             }
+            if price is not None:
+                row["llm_cost"] = llm_cost(a.llm_tokens_in, a.llm_tokens_out, price)
+            elif isinstance(a.trace, dict) and a.trace.get("llm_cost") is not None:  # a paradigm's own endpoint
+                row["llm_cost"] = float(a.trace["llm_cost"])
             for m, scores in metrics.per_sample.items():
                 if len(scores) == len(prepared):
                     row[f"score_{m}"] = scores[len(rows)]
@@ -608,6 +621,9 @@ class Runner:
             "n_transient": float(sum(1 for a in answers if a.transient)),
             "n_samples": float(len(answers)),
         }
+        if any("llm_cost" in r for r in rows):  # money per sample at the configured price per million tokens
+            costs["llm_cost_mean"] = sum(r.get("llm_cost", 0.0) for r in rows) / n
+            costs["llm_cost_total"] = sum(r.get("llm_cost", 0.0) for r in rows)
         for counter in ("parse_errors", "budget_exhausted", "tool_failures"):
             total = sum(int(a.trace.get(counter, 0) or 0) for a in answers if isinstance(a.trace, dict))
             costs[counter] = float(total)
