@@ -105,7 +105,7 @@ class TaskRef(Strict):
 
 class InContextConfig(Strict):
     shots: tuple[int, ...] = (0,)
-    strategy: Literal["random", "rices"] = "random"
+    strategy: Literal["random", "rices", "rices_qi"] = "random"  # see tasks/shots.py
     trials: int = Field(1, ge=1)
 
     @field_validator("shots")

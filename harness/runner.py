@@ -82,6 +82,7 @@ class UnitResult:
     computed: int
     cached: int
     costs: dict[str, float] = field(default_factory=dict)
+    shot_strategy: str | None = None  # how demonstrations were chosen (None at 0 shots)
 
     @property
     def n_failed(self) -> int:
@@ -198,12 +199,23 @@ def spread_subset(samples: Sequence[Sample], n: int) -> tuple[Sample, ...]:
     return tuple(samples[int(i * step)] for i in range(n))
 
 
+def _no_support_hint(spec: TaskSpec) -> str:
+    return f": {spec.support_note}" if spec.support_note else ""
+
+
 def _plan_task(
     spec: TaskSpec, overrides: dict[str, Any], limit: int | None, config: RunConfig, shots: tuple[int, ...] | None = None
 ) -> PlannedTask:
     from tasks.datasets import load_dataset
 
     options = _resolve_paths({**spec.dataset_options, **overrides})
+    asked = max(shots if shots is not None else config.in_context.shots, default=0)
+    if spec.kind != "binding" and asked > 0 and spec.support_split is None:
+        raise ConfigError(
+            f"task {spec.name!r} has no support split, so it cannot be run with {asked} shots; "
+            f"set shots to 0 for it (tasks[].shots) or use a task with demonstrations "
+            f"(see docs/datasets.md){_no_support_hint(spec)}"
+        )
     try:
         ds = load_dataset(spec.dataset, spec.split, options)
         support = load_dataset(spec.dataset, spec.support_split, options) if spec.support_split else None
@@ -218,6 +230,11 @@ def _plan_task(
     if limit and limit < len(ds):
         ds = Dataset(ds.name, ds.split, ds.source, spread_subset(ds.samples, limit), ds.license)
     max_k = max(shots if shots is not None else config.in_context.shots, default=0)
+    if spec.kind != "binding" and max_k > 0 and config.in_context.strategy == "rices_qi" and spec.kind == "caption":
+        raise ConfigError(
+            f"in_context.strategy 'rices_qi' compares questions, but task {spec.name!r} is captioning; "
+            "use 'rices' or 'random'"
+        )
     if spec.kind != "binding" and max_k > 0 and support is not None and max_k > len(support):
         raise ConfigError(
             f"in_context.shots asks for {max_k} demonstrations but task {spec.name!r} has only "
@@ -225,7 +242,7 @@ def _plan_task(
         )
     fp = stable_hash(
         {
-            "task": spec.model_dump(mode="json"),
+            "task": spec.identity(),
             "options": options,
             "source": ds.source,
             "split": ds.split,
@@ -306,7 +323,7 @@ class Runner:
         self._fingerprints: dict[str, str] | None = None
         self._meteor: Any = None
         self.watch = Stopwatch()
-        self._rices: dict[str, Callable[[Sample, Sequence[Sample]], Sequence[float]]] = {}
+        self._rices: dict[str, Any] = {}  # task fingerprint:strategy -> SupportIndex
 
     # ------------------------------------------------------------------ helpers
     def fingerprints(self) -> dict[str, str]:
@@ -334,63 +351,67 @@ class Runner:
             "backbones": {k: fps[k] for k in p.cls.uses},
         }
 
-    def _shots_for(self, unit: Unit, sample: Sample) -> tuple[Sample, ...]:
+    def _shot_memo_key(self, unit: Unit, sample: Sample) -> str:
+        ic = self.config.in_context
+        return stable_hash(
+            [unit.task.fingerprint, sample.sample_id, unit.shots, unit.trial, ic.strategy, self.config.seed,
+             self.fingerprints()["scorer"] if ic.strategy != "random" else ""]
+        )
+
+    def _select_unit_shots(self, unit: Unit) -> dict[str, tuple[Sample, ...]]:
+        """Demonstrations of every sample of the unit (memoised; retrieval batched over the unit)."""
+        samples = unit.task.dataset.samples
         if unit.task.spec.kind == "binding":
-            return tuple(sample.episode)
+            return {s.sample_id: tuple(s.episode) for s in samples}
         if unit.shots == 0 or unit.task.support is None:
-            return ()
+            return {s.sample_id: () for s in samples}
         from tasks.shots import select_shots
 
         ic = self.config.in_context
-        memo_key = stable_hash(
-            [unit.task.fingerprint, sample.sample_id, unit.shots, unit.trial, ic.strategy, self.config.seed,
-             self.fingerprints()["scorer"] if ic.strategy == "rices" else ""]
-        )
         support = unit.task.support.samples
         by_id = {s.sample_id: s for s in support}
-        cached = self.cache.memo_get("shots", memo_key)
-        if cached is not None and all(i in by_id for i in cached):
-            return tuple(by_id[i] for i in cached)
-        similarity = None
-        if ic.strategy == "rices":  # one closure per task, so support embeddings are computed once
-            if unit.task.fingerprint not in self._rices:
-                self._rices[unit.task.fingerprint] = self._rices_similarity(unit)
-            similarity = self._rices[unit.task.fingerprint]
-        chosen = select_shots(
-            sample, support, unit.shots, strategy=ic.strategy, seed=self.config.seed, trial=unit.trial,
-            similarity=similarity,
-        )
-        self.cache.memo_put("shots", memo_key, [s.sample_id for s in chosen])
-        return tuple(chosen)
-
-    def _rices_similarity(self, unit: Unit) -> Callable[[Sample, Sequence[Sample]], Sequence[float]]:
-        scorer = self.backbones.scorer
-
-        def embed(samples: Sequence[Sample]) -> Any:
-            imgs = [s.load_image() for s in samples]
-            return scorer.embed_images(imgs, [image_id_of(i) for i in imgs])
-
-        support_emb: dict[str, Any] = {}
-
-        def similarity(query: Sample, support: Sequence[Sample]) -> Sequence[float]:
-            key = unit.task.fingerprint
-            if key not in support_emb:
-                support_emb[key] = embed(support)
-            q = embed([query])
-            return (q @ support_emb[key].T)[0].tolist()
-
-        return similarity
-
-    def _prepare_unit(self, unit: Unit) -> list[_Prepared]:
-        pfp = self._paradigm_fp(unit.paradigm)
-        out = []
-        for s in unit.task.dataset.samples:
-            with self.watch("shot_selection"):  # RICES runs the scorer: model work, not harness
-                shots = self._shots_for(unit, s)
-            with self.watch("prepare_keys"):
-                prompt, key = self._key(unit, pfp, s, shots)
-            out.append(_Prepared(s, key, prompt, shots))
+        out: dict[str, tuple[Sample, ...]] = {}
+        todo: list[Sample] = []
+        for s in samples:
+            cached = self.cache.memo_get("shots", self._shot_memo_key(unit, s))
+            if cached is not None and all(i in by_id for i in cached):
+                out[s.sample_id] = tuple(by_id[i] for i in cached)
+            else:
+                todo.append(s)
+        if ic.strategy == "random":
+            chosen = {
+                s.sample_id: select_shots(s, support, unit.shots, strategy="random", seed=self.config.seed, trial=unit.trial)
+                for s in todo
+            }
+        else:
+            chosen = self._retrieve(unit, todo)
+        for s in todo:
+            if s.sample_id not in chosen:  # the query image itself did not load: the sample fails later
+                out[s.sample_id] = ()
+                continue
+            out[s.sample_id] = tuple(chosen[s.sample_id])
+            self.cache.memo_put("shots", self._shot_memo_key(unit, s), [x.sample_id for x in chosen[s.sample_id]])
         return out
+
+    def _retrieve(self, unit: Unit, queries: Sequence[Sample]) -> dict[str, list[Sample]]:
+        """RICES / PICa retrieval for ``queries`` in one batched search over the support index."""
+        from harness.shot_embeddings import embed_queries, support_index
+
+        if not queries:
+            return {}
+        strategy = self.config.in_context.strategy
+        key = f"{unit.task.fingerprint}:{strategy}"
+        if key not in self._rices:
+            self._rices[key] = support_index(
+                self.backbones.scorer, self.fingerprints()["scorer"], unit.task.support.samples,
+                with_text=strategy == "rices_qi", cache_root=Path(self.backbones.cache_dir) / "support_embeddings",
+            )
+        index = self._rices[key]
+        ok, img, txt = embed_queries(self.backbones.scorer, queries, with_text=strategy == "rices_qi")
+        if not ok:
+            return {}
+        picked = index.select(ok, img, unit.shots, txt)
+        return {q.sample_id: shots for q, shots in zip(ok, picked)}
 
     def _key(self, unit: Unit, pfp: dict[str, Any], s: Sample, shots: tuple[Sample, ...]) -> tuple[str, str]:
         """The sample's prompt and its cache key: everything that determines the answer."""
@@ -406,6 +427,8 @@ class Runner:
             max_new_tokens=spec.max_new_tokens,
             seed=self.config.seed,
             trial=unit.trial,
+            # how the demonstrations were chosen (left out at 0 shots: those keys stay as they were)
+            **({"shot_strategy": self.config.in_context.strategy} if unit.shots > 0 else {}),
         )
         return prompt, key
 
@@ -434,6 +457,8 @@ class Runner:
                     prompt=unit.task.spec.render_prompt(clean_text(x.question), x.choices),
                     answer=x.gold_text,
                     question=clean_text(x.question),
+                    choices=tuple(x.choices),
+                    meta=dict(x.meta),
                 )
             )
         return Request(
@@ -446,6 +471,7 @@ class Runner:
             choices=tuple(s.choices),
             question=clean_text(s.question),
             max_new_tokens=unit.task.spec.max_new_tokens,
+            meta=dict(s.meta),
         )
 
     def _answer(self, paradigm: Paradigm, requests: list[Request]) -> list[Answer]:
@@ -547,6 +573,10 @@ class Runner:
         preds = ["" if a.error else a.text for a in answers]
         with self.watch("metrics"):
             metrics = self._metrics(unit, samples, preds)
+            if unit.task.spec.breakdown:
+                from tasks.metrics.breakdowns import breakdown
+
+                metrics = merge_metrics(metrics, breakdown(unit.task.spec.breakdown, samples, metrics))
             if unit.task.spec.kind == "caption" and self.config.clipscore:
                 extra = self._clipscore(unit, samples, preds)
                 if extra is not None:
@@ -560,6 +590,7 @@ class Runner:
                 "question": s.question,
                 "prompt": p.prompt,
                 "shots": [x.sample_id for x in p.shots],
+                "shot_strategy": self.config.in_context.strategy if unit.shots > 0 else None,
                 "prediction": pred,
                 "references": list(s.references),
                 "answers": list(s.answers),
@@ -588,7 +619,8 @@ class Runner:
         for counter in ("parse_errors", "budget_exhausted", "tool_failures"):
             total = sum(int(a.trace.get(counter, 0) or 0) for a in answers if isinstance(a.trace, dict))
             costs[counter] = float(total)
-        result = UnitResult(unit, metrics, rows, computed, cached, costs)
+        strategy = self.config.in_context.strategy if unit.shots > 0 else None
+        result = UnitResult(unit, metrics, rows, computed, cached, costs, strategy)
         if self.on_unit:
             with self.watch("logging"):
                 self.on_unit(result)

@@ -31,6 +31,19 @@ class TaskSpec(BaseModel):
     prompt: str
     metric: MetricName
     max_new_tokens: int = Field(16, ge=1)
+    support_note: str = ""
+    """Why there is no support split, and where to get demonstrations (shown when shots are asked for)."""
+    breakdown: Literal["scienceqa"] | None = None
+    """Per-group accuracies added to the results (see tasks/metrics/breakdowns.py)."""
+
+    def identity(self) -> dict[str, Any]:
+        """The spec as it enters the task fingerprint. ``support_note`` (documentation) and
+        ``breakdown`` (extra metrics over the same answers) change no answer, so they are left
+        out, and fingerprints of tasks that existed before them stay as they were."""
+        d = self.model_dump(mode="json")
+        d.pop("support_note", None)
+        d.pop("breakdown", None)
+        return d
 
     def render_prompt(self, question: str = "", choices: tuple[str, ...] = ()) -> str:
         opts = " ".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))

@@ -69,7 +69,7 @@ def test_k_larger_than_support_and_bad_arguments_fail_clearly() -> None:
     assert select_shots(_s("q"), [], 0) == []
 
 
-def test_rices_returns_the_known_nearest_neighbours_most_similar_first() -> None:
+def test_rices_returns_the_known_nearest_neighbours_most_similar_last() -> None:
     # points on a line: query at 0.0; neighbours by distance are s03 (0.1), s07 (-0.2), s01 (0.35)
     positions = {f"s{i:02d}": 5.0 + i for i in range(20)}
     positions.update({"s03": 0.1, "s07": -0.2, "s01": 0.35, "query": 0.0})
@@ -78,13 +78,13 @@ def test_rices_returns_the_known_nearest_neighbours_most_similar_first() -> None
         return [-abs(positions[c.sample_id] - positions[query.sample_id]) for c in cands]
 
     chosen = select_shots(_s("query"), SUPPORT, 3, strategy="rices", similarity=similarity)
-    assert [s.sample_id for s in chosen] == ["s03", "s07", "s01"]
+    assert [s.sample_id for s in chosen] == ["s01", "s07", "s03"]  # nearest the query goes last
 
 
 def test_rices_breaks_ties_by_sample_id_and_rejects_bad_scores() -> None:
     flat = lambda q, cands: [1.0] * len(cands)  # noqa: E731
     chosen = select_shots(_s("q"), list(reversed(SUPPORT)), 3, strategy="rices", similarity=flat)
-    assert [s.sample_id for s in chosen] == ["s00", "s01", "s02"]
+    assert [s.sample_id for s in chosen] == ["s02", "s01", "s00"]
     with pytest.raises(ValueError, match="NaN"):
         select_shots(_s("q"), SUPPORT, 1, strategy="rices", similarity=lambda q, c: [float("nan")] * len(c))
     with pytest.raises(ValueError, match="3 scores for 20 support samples"):
@@ -96,7 +96,7 @@ def test_embedding_cosine_similarity_by_image() -> None:
            "img/c": np.array([-1.0, 0.0]), "img/d": np.array([1.0, 1.0])}
     support = [_s("a"), _s("b"), _s("c"), _s("d")]
     chosen = select_shots(_s("query"), support, 2, strategy="rices", similarity=embedding_similarity(emb))
-    assert [s.sample_id for s in chosen] == ["a", "d"]  # cosine ignores the norm of a
+    assert [s.sample_id for s in chosen] == ["d", "a"]  # cosine ignores the norm of a
     with pytest.raises(KeyError, match="img/e"):
         select_shots(_s("query"), support + [_s("e")], 1, strategy="rices", similarity=embedding_similarity(emb))
 
@@ -111,4 +111,4 @@ def test_rices_scores_the_full_support_so_callers_can_cache_it() -> None:
 
     chosen = select_shots(_s("query"), support, 2, strategy="rices", similarity=similarity)
     assert seen == [[s.sample_id for s in support]]
-    assert [s.sample_id for s in chosen] == ["s03", "s02"]  # the query's own image never wins
+    assert [s.sample_id for s in chosen] == ["s02", "s03"]  # the query's own image never wins

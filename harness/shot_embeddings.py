@@ -1,0 +1,115 @@
+"""Embedding support and query samples with the run's image–text scorer for RICES / PICa retrieval.
+
+Support embeddings are computed once per (scorer, support content) and kept on disk by
+:class:`tasks.shots.EmbeddingStore`; questions on the same image share one image embedding
+(VQAv2 train: 443k questions on 83k images). A support image that cannot be read is left out of
+retrieval with a warning naming how many; a query whose image cannot be read gets no shots here
+and fails as its own sample when the runner loads its image.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tasks.base import Sample
+from tasks.shots import EmbeddingStore, SupportIndex, file_content_key
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64  # images decoded and embedded at a time (bounds memory on large support sets)
+
+
+def _content_id(img: Any) -> str:
+    from harness.runner import image_id_of
+
+    return image_id_of(img)
+
+
+def _image_matrix(scorer: Any, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Image embeddings of ``samples`` (one per distinct image_ref), which loaded, and content keys."""
+    refs = list(dict.fromkeys(s.image_ref for s in samples))
+    first = {}
+    for s in samples:
+        first.setdefault(s.image_ref, s)
+    rows: dict[str, np.ndarray] = {}
+    keys: dict[str, str] = {}
+    for start in range(0, len(refs), CHUNK):
+        batch, ids, names = [], [], []
+        for ref in refs[start : start + CHUNK]:
+            try:
+                img = first[ref].load_image()
+            except Exception as exc:  # noqa: BLE001 - a bad image leaves only itself out
+                log.debug("retrieval: cannot load %s: %s", ref, exc)
+                continue
+            cid = _content_id(img)
+            batch.append(img)
+            ids.append(cid)
+            names.append(ref)
+        if batch:
+            emb = scorer.embed_images(batch, ids).float().cpu().numpy()
+            for ref, cid, e in zip(names, ids, emb):
+                rows[ref], keys[ref] = e, cid
+    dim = next(iter(rows.values())).shape[0] if rows else 1
+    filler = np.eye(1, dim, dtype=np.float32)[0]
+    matrix = np.stack([rows.get(s.image_ref, filler) for s in samples]).astype(np.float32)
+    ok = np.array([s.image_ref in rows for s in samples], dtype=bool)
+    return matrix, ok, [keys.get(s.image_ref, "") for s in samples]
+
+
+def _text_matrix(scorer: Any, texts: Sequence[str]) -> np.ndarray:
+    unique = list(dict.fromkeys(texts))
+    rows: dict[str, np.ndarray] = {}
+    for start in range(0, len(unique), 256):
+        part = unique[start : start + 256]
+        for t, e in zip(part, scorer.embed_texts(part).float().cpu().numpy()):
+            rows[t] = e
+    return np.stack([rows[t] for t in texts]).astype(np.float32)
+
+
+def _question(s: Sample) -> str:
+    if not s.question.strip():
+        raise ValueError(f"rices_qi compares questions, but sample {s.sample_id!r} has none (use rices for captioning)")
+    return s.question
+
+
+def support_index(
+    scorer: Any, scorer_fp: str, support: Sequence[Sample], *, with_text: bool, cache_root: Path
+) -> SupportIndex:
+    """The retrieval index of ``support``, from the on-disk store when its content was seen before."""
+    store = EmbeddingStore(cache_root)
+    # content keys from file bytes where the image is a file (no decoding needed on a hit)
+    file_keys = [file_content_key(s.image_ref) for s in support]
+    image = None
+    usable = np.ones(len(support), dtype=bool)
+    if all(k is not None for k in file_keys):
+        image = store.load(scorer_fp, "image", [str(k) for k in file_keys])
+    if image is None:
+        image, usable, decoded_keys = _image_matrix(scorer, support)
+        bad = int((~usable).sum())
+        if bad:
+            log.warning("retrieval: %d of %d support images could not be read and are never chosen", bad, len(support))
+        elif all(k is not None for k in file_keys):
+            store.save(scorer_fp, "image", [str(k) for k in file_keys], image)
+        del decoded_keys
+    text = None
+    if with_text:
+        questions = [_question(s) for s in support]
+        text = store.load(scorer_fp, "question", questions)
+        if text is None:
+            text = _text_matrix(scorer, questions)
+            store.save(scorer_fp, "question", questions, text)
+    return SupportIndex.build(support, image, text, usable)
+
+
+def embed_queries(
+    scorer: Any, queries: Sequence[Sample], *, with_text: bool
+) -> tuple[list[Sample], np.ndarray, np.ndarray | None]:
+    """Embeddings of the queries whose image loads (those are returned first), questions too if asked."""
+    matrix, ok, _ = _image_matrix(scorer, queries)
+    kept = [q for q, good in zip(queries, ok) if good]
+    text = _text_matrix(scorer, [_question(q) for q in kept]) if with_text and kept else None
+    return kept, matrix[ok], text
