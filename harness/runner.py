@@ -413,6 +413,18 @@ class Runner:
         picked = index.select(ok, img, unit.shots, txt)
         return {q.sample_id: shots for q, shots in zip(ok, picked)}
 
+    def _prepare_unit(self, unit: Unit) -> list[_Prepared]:
+        pfp = self._paradigm_fp(unit.paradigm)
+        out = []
+        with self.watch("shot_selection"):  # RICES runs the scorer: model work, not harness
+            selected = self._select_unit_shots(unit)
+        for s in unit.task.dataset.samples:
+            shots = selected[s.sample_id]
+            with self.watch("prepare_keys"):
+                prompt, key = self._key(unit, pfp, s, shots)
+            out.append(_Prepared(s, key, prompt, shots))
+        return out
+
     def _key(self, unit: Unit, pfp: dict[str, Any], s: Sample, shots: tuple[Sample, ...]) -> tuple[str, str]:
         """The sample's prompt and its cache key: everything that determines the answer."""
         spec = unit.task.spec

@@ -95,7 +95,7 @@ def write_scienceqa(root: Path) -> dict[str, dict]:
     for split, n in (("train", 6), ("val", 1), ("test", 5)):
         for i in range(n):
             pid += 1
-            has_image = i != 1  # one text-only question per split
+            has_image = i != 3  # one text-only question without a hint (no context) per split
             hint = "" if i % 3 == 0 else f"Read about the {WORDS[i % 12]}."
             problems[str(pid)] = {
                 "question": f"Which word names the {WORDS[(i + 2) % 12]} thing?",

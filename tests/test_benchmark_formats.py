@@ -92,7 +92,7 @@ def test_scienceqa_image_subset_by_default_all_questions_by_option(data) -> None
     every = load_dataset("scienceqa", "test", {**o, "questions": "all"})
     assert len(every) == 5
     text_only = next(s for s in every.samples if not s.meta["has_image"])
-    assert text_only.meta["has_text"] and not text_only.meta["no_context"]
+    assert not text_only.meta["has_text"] and text_only.meta["no_context"]
     first = img.samples[0]
     assert first.sample_id == "scienceqa/8" and first.image_ref.endswith("images/test/8/image.png")
     assert first.meta["subject"] == "natural science" and first.meta["grade"] == "grade1"

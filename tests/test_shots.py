@@ -112,3 +112,68 @@ def test_rices_scores_the_full_support_so_callers_can_cache_it() -> None:
     chosen = select_shots(_s("query"), support, 2, strategy="rices", similarity=similarity)
     assert seen == [[s.sample_id for s in support]]
     assert [s.sample_id for s in chosen] == ["s02", "s03"]  # the query's own image never wins
+
+
+# ----------------------------------------------------------------------- batched retrieval
+def _index_case(n: int = 300, d: int = 16, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    support = [_s(f"s{i:04d}", image=f"img/{i // 3}") for i in range(n)]  # 3 questions per image
+    img = rng.normal(size=(n // 3, d))[np.arange(n) // 3]
+    txt = rng.normal(size=(n, d))
+    return support, img, txt, rng
+
+
+def test_support_index_equals_select_shots_per_query_most_similar_last() -> None:
+    from tasks.shots import SupportIndex
+
+    support, img, txt, rng = _index_case()
+    queries = [support[5], _s("new", image="img/new"), support[200]]
+    q_img = np.stack([img[5], rng.normal(size=16), img[200]])
+    q_txt = np.stack([txt[5], rng.normal(size=16), txt[200]])
+    for with_text in (False, True):
+        index = SupportIndex.build(support, img, txt if with_text else None)
+        got = index.select(queries, q_img, 4, q_txt if with_text else None, chunk=2)
+        for q, qi, qt, picked in zip(queries, q_img, q_txt, got):
+            def sim(query, cands, qi=qi, qt=qt):
+                cos = lambda m, v: (m / np.linalg.norm(m, axis=1, keepdims=True)) @ (v / np.linalg.norm(v))  # noqa: E731
+                s = cos(img, qi)
+                return ((s + cos(txt, qt)) / 2 if with_text else s).tolist()
+
+            want = select_shots(q, support, 4, strategy="rices", similarity=sim)
+            assert [s.sample_id for s in picked] == [s.sample_id for s in want]
+            assert all(s.image_ref != q.image_ref for s in picked)  # the query's own image never shows
+            scores = sim(q, support)
+            order = [scores[support.index(s)] for s in picked]
+            assert order == sorted(order)  # most similar last
+
+
+def test_support_index_skips_unusable_rows_and_counts_eligible() -> None:
+    from tasks.shots import SupportIndex
+
+    support, img, _, _ = _index_case(n=9)
+    usable = np.ones(9, dtype=bool)
+    usable[[0, 1]] = False
+    index = SupportIndex.build(support, img, usable=usable)
+    (picked,) = index.select([_s("q", image="img/q")], img[:1], 7)
+    assert {s.sample_id for s in picked} == {f"s{i:04d}" for i in range(2, 9)}
+    with pytest.raises(ValueError, match="only 4 eligible"):  # 7 usable minus the 3 on the query's image
+        index.select([support[4]], img[4:5], 5)
+
+
+def test_embedding_store_is_keyed_by_content_and_scorer(tmp_path) -> None:
+    from tasks.shots import EmbeddingStore, file_content_key
+
+    store = EmbeddingStore(tmp_path / "emb")
+    m = np.arange(6, dtype=np.float32).reshape(3, 2)
+    store.save("scorer-a", "image", ["k1", "k2", "k3"], m)
+    assert np.array_equal(store.load("scorer-a", "image", ["k1", "k2", "k3"]), m)
+    assert store.load("scorer-b", "image", ["k1", "k2", "k3"]) is None
+    assert store.load("scorer-a", "image", ["k1", "k2", "kX"]) is None
+    assert store.load("scorer-a", "question", ["k1", "k2", "k3"]) is None
+    f = tmp_path / "a.jpg"
+    f.write_bytes(b"one")
+    first = file_content_key(f)
+    f.write_bytes(b"two")
+    assert file_content_key(f) != first and file_content_key(tmp_path / "absent.jpg") is None
+    store.path("scorer-a", "image", ["k1", "k2", "k3"]).write_bytes(b"torn")
+    assert store.load("scorer-a", "image", ["k1", "k2", "k3"]) is None  # a torn file is recomputed
