@@ -170,3 +170,65 @@ def test_cli_exits_non_zero_before_any_model_loads(tmp_path) -> None:
     assert done.returncode != 0
     assert "task 'okvqa_val' has no support split" in done.stderr and "okvqa_local" in done.stderr
     assert not (tmp_path / "r" / "cache.sqlite").exists()  # stopped before the cache (and any model)
+
+
+# ------------------------------------------------------------------------- retrieval, real scorer
+def _runner(tmp: Path, task: dict, strategy: str, cache_name: str):
+    from harness.backbones import Backbones
+    from harness.cache import ResultCache
+    from harness.runner import Runner
+
+    cfg = parse_config({"paradigms": [{"name": "text_conversion/pica", "options": {"converters": []}}],
+                        "tasks": [task], "in_context": {"shots": [2], "strategy": strategy}, "models": PACKAGED})
+    plan = plan_run(cfg)
+    backbones = Backbones(cfg.models, cache_dir=tmp / "mmcache")
+    return Runner(plan, cache=ResultCache(tmp / cache_name), backbones=backbones, progress=False), plan.units()[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task, strategy", [("karpathy_caption_local", "rices"), ("okvqa_local", "rices_qi")])
+def test_retrieval_with_the_run_scorer_most_similar_last_and_support_embeddings_kept_on_disk(
+    tmp_path, data, task, strategy
+) -> None:
+    import numpy as np
+
+    from harness.runner import image_id_of
+
+    runner, unit = _runner(tmp_path, {"name": task, "dataset_options": data[task]}, strategy, "a.sqlite")
+    chosen = runner._select_unit_shots(unit)
+    scorer = runner.backbones.scorer
+    support = unit.task.support.samples
+
+    def image_emb(samples):
+        imgs = [s.load_image() for s in samples]
+        return scorer.embed_images(imgs, [image_id_of(i) for i in imgs]).float().numpy()
+
+    sup = image_emb(support)
+    for q in unit.task.dataset.samples:
+        sims = sup @ image_emb([q])[0]
+        if strategy == "rices_qi":
+            sims = (sims + scorer.embed_texts([s.question for s in support]).float().numpy()
+                    @ scorer.embed_texts([q.question]).float().numpy()[0]) / 2
+        ranked = sorted((j for j, s in enumerate(support) if s.image_ref != q.image_ref),
+                        key=lambda j: (-sims[j], support[j].sample_id))
+        want = [support[j].sample_id for j in reversed(ranked[:2])]  # most similar last
+        assert [s.sample_id for s in chosen[q.sample_id]] == want, q.sample_id
+        assert sims[ranked[0]] >= sims[ranked[1]]
+    assert list((tmp_path / "mmcache" / "support_embeddings").glob("image-*.npy"))
+
+    # a fresh run (empty result cache) reads the support embeddings from disk: only the queries are embedded
+    again, unit2 = _runner(tmp_path, {"name": task, "dataset_options": data[task]}, strategy, "b.sqlite")
+    seen: list[int] = []
+    real = type(again.backbones.scorer)._embed_images
+
+    def counting(self, images, ids):
+        seen.append(len(images))
+        return real(self, images, ids)
+
+    type(again.backbones.scorer)._embed_images = counting
+    try:
+        assert again._select_unit_shots(unit2) == chosen
+    finally:
+        type(again.backbones.scorer)._embed_images = real
+    n_query_images = len({q.image_ref for q in unit2.task.dataset.samples})
+    assert sum(seen) == n_query_images and np.isfinite(sup).all()
