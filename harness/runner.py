@@ -428,7 +428,7 @@ class Runner:
     def _key(self, unit: Unit, pfp: dict[str, Any], s: Sample, shots: tuple[Sample, ...]) -> tuple[str, str]:
         """The sample's prompt and its cache key: everything that determines the answer."""
         spec = unit.task.spec
-        prompt = spec.render_prompt(clean_text(s.question), s.choices)
+        prompt = spec.render_prompt(clean_text(s.question), s.choices, clean_text(str(s.meta.get("hint") or "")))
         key = sample_key(
             paradigm=pfp,
             task=unit.task.fingerprint,
@@ -466,7 +466,7 @@ class Runner:
                     sample_id=x.sample_id,
                     image_id=image_id_of(ximg),
                     image=ximg,
-                    prompt=unit.task.spec.render_prompt(clean_text(x.question), x.choices),
+                    prompt=unit.task.spec.render_prompt(clean_text(x.question), x.choices, clean_text(str(x.meta.get("hint") or ""))),
                     answer=x.gold_text,
                     question=clean_text(x.question),
                     choices=tuple(x.choices),

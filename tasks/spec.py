@@ -45,9 +45,12 @@ class TaskSpec(BaseModel):
         d.pop("breakdown", None)
         return d
 
-    def render_prompt(self, question: str = "", choices: tuple[str, ...] = ()) -> str:
+    def render_prompt(self, question: str = "", choices: tuple[str, ...] = (), hint: str = "") -> str:
+        """Fill ``{question}``, ``{choices}`` and ``{context}`` — ``Context: <hint>`` and a line break
+        when the sample has a text hint (ScienceQA's), else nothing (as lmms-eval words it)."""
         opts = " ".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))
-        return self.prompt.format(question=question, choices=opts)
+        context = f"Context: {hint.strip()}\n" if hint.strip() else ""
+        return self.prompt.format(question=question, choices=opts, context=context)
 
 
 class TaskSpecError(ValueError):

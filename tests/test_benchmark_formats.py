@@ -139,8 +139,10 @@ def test_every_format_runs_two_shot_with_support_demonstrations_never_the_query_
         evaluated = {s.sample_id: s for s in _split(name, opts, "eval").samples}
         support = _split(name, opts, "support")
         by_id = {s.sample_id: s for s in support.samples}
-        mine = [r for r in rows if r["sample_id"] in evaluated and r["prompt"] == get_task(name).render_prompt(
-            evaluated[r["sample_id"]].question, evaluated[r["sample_id"]].choices)]
+        def prompt(s):
+            return get_task(name).render_prompt(s.question, s.choices, s.meta.get("hint", ""))
+
+        mine = [r for r in rows if r["sample_id"] in evaluated and r["prompt"] == prompt(evaluated[r["sample_id"]])]
         assert len(mine) == 2, (name, len(mine))
         for r in mine:
             query = evaluated[r["sample_id"]]
