@@ -1,8 +1,8 @@
 """Embedding support and query samples with the run's image–text scorer for RICES / PICa retrieval.
 
 Support embeddings are computed once per (scorer, support content) and kept on disk by
-:class:`tasks.shots.EmbeddingStore`; questions on the same image share one image embedding
-(VQAv2 train: 443k questions on 83k images). A support image that cannot be read is left out of
+:class:`tasks.shots.EmbeddingStore`; questions on the same image share one image embedding and
+one row of the index (VQAv2 train: 443k questions on 83k images). A support image that cannot be read is left out of
 retrieval with a warning naming how many; a query whose image cannot be read gets no shots here
 and fails as its own sample when the runner loads its image.
 """
@@ -29,10 +29,10 @@ def _content_id(img: Any) -> str:
     return image_id_of(img)
 
 
-def _image_matrix(scorer: Any, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Image embeddings of ``samples`` (one per distinct image_ref), which loaded, and content keys."""
+def _image_rows(scorer: Any, samples: Sequence[Sample]) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """One embedding per distinct ``image_ref``: (refs, [M, D] rows, which loaded, content keys)."""
     refs = list(dict.fromkeys(s.image_ref for s in samples))
-    first = {}
+    first: dict[str, Sample] = {}
     for s in samples:
         first.setdefault(s.image_ref, s)
     rows: dict[str, np.ndarray] = {}
@@ -54,10 +54,21 @@ def _image_matrix(scorer: Any, samples: Sequence[Sample]) -> tuple[np.ndarray, n
             for ref, cid, e in zip(names, ids, emb):
                 rows[ref], keys[ref] = e, cid
     dim = next(iter(rows.values())).shape[0] if rows else 1
-    filler = np.eye(1, dim, dtype=np.float32)[0]
-    matrix = np.stack([rows.get(s.image_ref, filler) for s in samples]).astype(np.float32)
-    ok = np.array([s.image_ref in rows for s in samples], dtype=bool)
-    return matrix, ok, [keys.get(s.image_ref, "") for s in samples]
+    filler = np.eye(1, dim, dtype=np.float32)[0]  # a unit row for an unreadable image (never chosen)
+    matrix = np.stack([rows.get(r, filler) for r in refs]).astype(np.float32) if refs else np.zeros((0, dim), np.float32)
+    ok = np.array([r in rows for r in refs], dtype=bool)
+    return refs, matrix, ok, [keys.get(r, "") for r in refs]
+
+
+def _decoded_keys(refs: Sequence[str], first: dict[str, Sample]) -> list[str] | None:
+    """Content ids of images that are not files (hub rows), by decoding; None if one fails."""
+    keys = []
+    for ref in refs:
+        try:
+            keys.append(_content_id(first[ref].load_image()))
+        except Exception:  # noqa: BLE001 - then the store is not used; embedding reports the failure
+            return None
+    return keys
 
 
 def _text_matrix(scorer: Any, texts: Sequence[str]) -> np.ndarray:
@@ -81,20 +92,24 @@ def support_index(
 ) -> SupportIndex:
     """The retrieval index of ``support``, from the on-disk store when its content was seen before."""
     store = EmbeddingStore(cache_root)
-    # content keys from file bytes where the image is a file (no decoding needed on a hit)
-    file_keys = [file_content_key(s.image_ref) for s in support]
-    image = None
-    usable = np.ones(len(support), dtype=bool)
-    if all(k is not None for k in file_keys):
-        image = store.load(scorer_fp, "image", [str(k) for k in file_keys])
+    refs = list(dict.fromkeys(s.image_ref for s in support))
+    first: dict[str, Sample] = {}
+    for s in support:
+        first.setdefault(s.image_ref, s)
+    # content keys: the bytes of image files (no decoding needed), else the decoded pixels (hub rows)
+    file_keys = [file_content_key(r) for r in refs]
+    keys = [str(k) for k in file_keys] if all(k is not None for k in file_keys) else _decoded_keys(refs, first)
+    image = store.load(scorer_fp, "image", keys) if keys is not None else None
+    loaded = np.ones(len(refs), dtype=bool)
     if image is None:
-        image, usable, decoded_keys = _image_matrix(scorer, support)
-        bad = int((~usable).sum())
+        refs, image, loaded, _ = _image_rows(scorer, support)
+        bad = int((~loaded).sum())
         if bad:
-            log.warning("retrieval: %d of %d support images could not be read and are never chosen", bad, len(support))
-        elif all(k is not None for k in file_keys):
-            store.save(scorer_fp, "image", [str(k) for k in file_keys], image)
-        del decoded_keys
+            log.warning("retrieval: %d of %d support images could not be read and are never chosen", bad, len(refs))
+        elif keys is not None:
+            store.save(scorer_fp, "image", keys, image)
+    row_of = {r: i for i, r in enumerate(refs)}
+    image_of = np.array([row_of[s.image_ref] for s in support], dtype=np.int64)
     text = None
     if with_text:
         questions = [_question(s) for s in support]
@@ -102,14 +117,17 @@ def support_index(
         if text is None:
             text = _text_matrix(scorer, questions)
             store.save(scorer_fp, "question", questions, text)
-    return SupportIndex.build(support, image, text, usable)
+    return SupportIndex.build(support, image, text, loaded[image_of], image_of)
 
 
 def embed_queries(
     scorer: Any, queries: Sequence[Sample], *, with_text: bool
 ) -> tuple[list[Sample], np.ndarray, np.ndarray | None]:
     """Embeddings of the queries whose image loads (those are returned first), questions too if asked."""
-    matrix, ok, _ = _image_matrix(scorer, queries)
-    kept = [q for q, good in zip(queries, ok) if good]
+    refs, matrix, ok, _ = _image_rows(scorer, queries)
+    row_of = {r: i for i, r in enumerate(refs)}
+    rows = [row_of[q.image_ref] for q in queries]
+    kept = [q for q, r in zip(queries, rows) if ok[r]]
+    image = matrix[[r for r in rows if ok[r]]] if kept else np.zeros((0, matrix.shape[1]), np.float32)
     text = _text_matrix(scorer, [_question(q) for q in kept]) if with_text and kept else None
-    return kept, matrix[ok], text
+    return kept, image, text

@@ -158,37 +158,50 @@ def unit_rows(matrix: np.ndarray, what: str) -> np.ndarray:
     return m / norms
 
 
+#: Scores held at once (queries × support) in :meth:`SupportIndex.select`: 64M floats = 256 MB.
+SCORE_BLOCK = 1 << 26
+
+
 @dataclass(frozen=True)
 class SupportIndex:
     """Unit-normalised support embeddings for retrieval: image rows, and question rows for ``rices_qi``.
 
-    ``usable`` marks support samples that may be chosen at all (a support image that could not be
-    embedded is not usable; the caller reports how many).
+    ``image`` has one row per distinct image and ``image_of[j]`` is the row of support sample
+    ``j`` (VQAv2 train: 83k image rows for 443k questions); with ``image_of`` omitted, ``image``
+    has one row per sample. ``usable`` marks support samples that may be chosen at all (a support
+    image that could not be embedded is not usable; the caller reports how many).
     """
 
     support: tuple[Sample, ...]
     image: np.ndarray
+    image_of: np.ndarray
     text: np.ndarray | None = None
     usable: np.ndarray | None = None
 
     @classmethod
     def build(
-        cls, support: Sequence[Sample], image: np.ndarray, text: np.ndarray | None = None, usable: np.ndarray | None = None
+        cls,
+        support: Sequence[Sample],
+        image: np.ndarray,
+        text: np.ndarray | None = None,
+        usable: np.ndarray | None = None,
+        image_of: np.ndarray | None = None,
     ) -> "SupportIndex":
         support = tuple(support)
         ids = [s.sample_id for s in support]
         if len(set(ids)) != len(ids):
             raise ValueError("support set has duplicate sample_ids; shot selection would not be well defined")
         img = unit_rows(image, "support image embeddings")
-        if len(img) != len(support):
-            raise ValueError(f"{len(img)} image embeddings for {len(support)} support samples")
+        rows = np.arange(len(support)) if image_of is None else np.asarray(image_of, dtype=np.int64)
+        if len(rows) != len(support) or (len(rows) and (rows.min() < 0 or rows.max() >= len(img))):
+            raise ValueError(f"image rows do not map the {len(support)} support samples onto {len(img)} image embeddings")
         txt = None
         if text is not None:
             txt = unit_rows(text, "support question embeddings")
             if len(txt) != len(support):
                 raise ValueError(f"{len(txt)} question embeddings for {len(support)} support samples")
         ok = np.ones(len(support), dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
-        return cls(support, img, txt, ok)
+        return cls(support, img, rows, txt, ok)
 
     def select(
         self,
@@ -197,12 +210,13 @@ class SupportIndex:
         k: int,
         query_text: np.ndarray | None = None,
         *,
-        chunk: int = 1024,
+        chunk: int | None = None,
     ) -> list[list[Sample]]:
         """The ``k`` nearest eligible support samples per query, least similar first, most similar last.
 
         Scores are image cosine, or the mean of image and question cosine when both sides have
-        question embeddings. One ``[chunk, N]`` matrix product per chunk of queries.
+        question embeddings: one matrix product per chunk of queries (the chunk is sized so a
+        block of scores stays under :data:`SCORE_BLOCK` floats).
         """
         if k < 0:
             raise ValueError(f"number of shots must be >= 0, got {k}")
@@ -214,6 +228,7 @@ class SupportIndex:
             raise ValueError(f"query embeddings do not match the {len(queries)} queries")
         if k == 0:
             return [[] for _ in queries]
+        chunk = chunk or max(1, min(1024, SCORE_BLOCK // max(1, len(self.support))))
         by_image: dict[str, list[int]] = {}
         by_id: dict[str, int] = {}
         for j, s in enumerate(self.support):
@@ -225,7 +240,7 @@ class SupportIndex:
         out: list[list[Sample]] = []
         for start in range(0, len(queries), chunk):
             stop = min(start + chunk, len(queries))
-            scores = qi[start:stop] @ self.image.T
+            scores = (qi[start:stop] @ self.image.T)[:, self.image_of]
             if qt is not None and self.text is not None:
                 scores = (scores + qt[start:stop] @ self.text.T) / 2.0
             scores[:, ~self.usable] = -np.inf

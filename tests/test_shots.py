@@ -177,3 +177,19 @@ def test_embedding_store_is_keyed_by_content_and_scorer(tmp_path) -> None:
     assert file_content_key(f) != first and file_content_key(tmp_path / "absent.jpg") is None
     store.path("scorer-a", "image", ["k1", "k2", "k3"]).write_bytes(b"torn")
     assert store.load("scorer-a", "image", ["k1", "k2", "k3"]) is None  # a torn file is recomputed
+
+
+def test_one_row_per_image_gives_the_same_shots_in_small_score_blocks(monkeypatch) -> None:
+    import tasks.shots as shots_mod
+    from tasks.shots import SupportIndex
+
+    support, img, txt, rng = _index_case()
+    unique, image_of = img[::3], np.arange(len(support)) // 3
+    queries = [_s(f"q{i}", image=f"img/q{i}") for i in range(7)]
+    q_img, q_txt = rng.normal(size=(7, 16)), rng.normal(size=(7, 16))
+    full = SupportIndex.build(support, img, txt).select(queries, q_img, 5, q_txt)
+    monkeypatch.setattr(shots_mod, "SCORE_BLOCK", 2 * len(support))  # two queries per block
+    compact = SupportIndex.build(support, unique, txt, image_of=image_of).select(queries, q_img, 5, q_txt)
+    assert [[s.sample_id for s in r] for r in compact] == [[s.sample_id for s in r] for r in full]
+    with pytest.raises(ValueError, match="image rows do not map"):
+        SupportIndex.build(support, unique, image_of=image_of + 1)
