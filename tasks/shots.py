@@ -252,16 +252,24 @@ class SupportIndex:
                 eligible = n_usable - int(self.usable[list(set(banned))].sum()) if banned else n_usable
                 if k > eligible:
                     raise _too_few(q, k, eligible, len(self.support))
-                out.append([self.support[j] for j in reversed(_top_k(row, k, ids))])
+            import torch  # a partial sort: several times faster than numpy's argpartition on wide rows
+
+            top_vals, top_idx = torch.topk(torch.from_numpy(scores), k, dim=1)
+            for row, vals, cand in zip(scores, top_vals.numpy(), top_idx.numpy()):
+                out.append([self.support[j] for j in reversed(_top_k(row, k, ids, vals, cand))])
         return out
 
 
-def _top_k(row: np.ndarray, k: int, ids: np.ndarray) -> list[int]:
-    """Indices of the ``k`` largest finite scores, best first, ties broken by sample id (exactly)."""
-    part = np.argpartition(-row, k - 1)[:k]
-    threshold = row[part].min()
-    tied = np.flatnonzero(row >= threshold)  # everything that could be in the top k, ties included
-    order = sorted(tied.tolist(), key=lambda j: (-float(row[j]), ids[j]))
+def _top_k(row: np.ndarray, k: int, ids: np.ndarray, vals: np.ndarray, cand: np.ndarray) -> list[int]:
+    """Indices of the ``k`` largest scores, best first, ties broken by sample id (exactly).
+
+    ``vals``/``cand`` are a top-k of ``row`` in any tie order; only when scores equal to the k-th
+    one exist outside it is the whole row consulted.
+    """
+    threshold = vals.min()
+    if int((row >= threshold).sum()) > k:  # ties at the boundary: every tied sample competes by id
+        cand = np.flatnonzero(row >= threshold)
+    order = sorted(cand.tolist(), key=lambda j: (-float(row[j]), ids[j]))
     return order[:k]
 
 

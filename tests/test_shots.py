@@ -193,3 +193,12 @@ def test_one_row_per_image_gives_the_same_shots_in_small_score_blocks(monkeypatc
     assert [[s.sample_id for s in r] for r in compact] == [[s.sample_id for s in r] for r in full]
     with pytest.raises(ValueError, match="image rows do not map"):
         SupportIndex.build(support, unique, image_of=image_of + 1)
+
+
+def test_support_index_breaks_ties_by_sample_id_like_select_shots() -> None:
+    from tasks.shots import SupportIndex
+
+    support = list(reversed(SUPPORT))  # listed in reverse: order of the support must not matter
+    flat = np.ones((len(support), 4))
+    (picked,) = SupportIndex.build(support, flat).select([_s("q")], np.ones((1, 4)), 3)
+    assert [s.sample_id for s in picked] == ["s02", "s01", "s00"]  # = select_shots with equal scores
