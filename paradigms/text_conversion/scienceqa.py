@@ -141,43 +141,28 @@ class ScienceQA(TextConversionParadigm):
         prompt = self._wrap("\n\n".join(blocks))
         plan = _Plan("scienceqa", [prompt], max_new=self._budget())
         self._check_length(plan)
-        plan.trace = {"format": fmt, "context": ctx, "shots": shot_traces, "prompts": [prompt]}
+        plan.trace = {"format": fmt, "context": ctx, "shots": shot_traces, "prompts": [prompt],
+                      "options": list(r.choices), "sample_id": r.sample_id}
         plan.tool_calls, plan.convert_s = calls, secs
         return plan
 
-    def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
-        answers: list[Answer | None] = [None] * len(requests)
-        plans: dict[int, _Plan] = {}
-        for i, r in enumerate(requests):
-            try:
-                plans[i] = self._plan(r)
-            except Exception as exc:  # one bad sample must not stop the batch
-                answers[i] = Answer.failed(f"{type(exc).__name__}: {exc}", sample_id=r.sample_id)
-        tokens_in = {i: 0 for i in plans}
-        import time
-
-        t0 = time.perf_counter()
-        self._generate(plans, tokens_in)
-        share = (time.perf_counter() - t0) / max(1, len(plans))
-        for i, plan in plans.items():
-            answers[i] = self._read(requests[i], plan, tokens_in[i], share)
-        return [a for a in answers if a is not None]
-
-    def _read(self, r: Request, plan: _Plan, n_in: int, share: float) -> Answer:
+    def _finish(self, plan: _Plan, n_in: int, share: float) -> Answer:
+        """Read the option from the one generation (the base class runs the batched decoding)."""
+        choices, sample_id = plan.trace["options"], plan.trace["sample_id"]
         output = plan.generations[0].text.strip()
         letter = extract_letter(output)
         trace = dict(plan.trace, output=output, parsed=letter)
-        index = LETTERS.index(letter) if letter is not None and LETTERS.index(letter) < len(r.choices) else None
+        index = LETTERS.index(letter) if letter is not None and LETTERS.index(letter) < len(choices) else None
         if index is None:
             trace["parse_errors"] = 1
             if self.options.on_unparsed == "random":
-                seed = int.from_bytes(hashlib.sha256(f"scienceqa\x00{r.sample_id}".encode()).digest()[:8], "big")
-                index = random.Random(seed).randrange(len(r.choices))
+                seed = int.from_bytes(hashlib.sha256(f"scienceqa\x00{sample_id}".encode()).digest()[:8], "big")
+                index = random.Random(seed).randrange(len(choices))
                 trace["random_choice"] = True
         text = ""
         if index is not None:
             # the option's text designates it unambiguously unless two options read the same
-            text = r.choices[index] if list(r.choices).count(r.choices[index]) == 1 else f"({LETTERS[index]})"
+            text = choices[index] if choices.count(choices[index]) == 1 else f"({LETTERS[index]})"
         trace["chosen"] = index
         return Answer(
             text=text,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tasks.base import Dataset, Sample
-from tasks.datasets._common import lazy_file_image, read_json, require_keys
+from tasks.datasets._common import lazy_file_image, read_json, require_keys, warn_missing_images
 from tasks.datasets._registry import LoaderOptions, register_loader
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,5 @@ def load_aokvqa(split: str, o: AokvqaOptions) -> Dataset:
             else {"choices": choices, "answer_index": idx}
         )
         samples.append(Sample(f"{o.dataset_name}/{r['question_id']}", str(img), lazy_file_image(img), question=r["question"], meta=meta, **fields))
-    missing = sum(not Path(ref).is_file() for ref in {s.image_ref for s in samples})
-    if missing:
-        log.warning("%s %s: %d images are missing; questions on them will fail", o.dataset_name, split, missing)
+    warn_missing_images(log, o.dataset_name, split, (s.image_ref for s in samples))
     return Dataset(o.dataset_name, split, f"{path} ({o.task})", tuple(samples), LICENSE)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from tasks.base import Dataset, Sample
-from tasks.datasets._common import lazy_file_image, read_json, require_keys
+from tasks.datasets._common import lazy_file_image, read_json, require_keys, warn_missing_images
 from tasks.datasets._registry import LoaderOptions, register_loader
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,5 @@ def load_scienceqa(split: str, o: ScienceQAOptions) -> Dataset:
             **context_flags(hint, has_image),
         }
         samples.append(Sample(f"{o.dataset_name}/{pid}", ref, load, question=str(p["question"]), choices=choices, answer_index=idx, meta=meta))
-    missing = sum(s.meta["has_image"] and not Path(s.image_ref).is_file() for s in samples)
-    if missing:
-        log.warning("%s %s: %d images are missing; those questions will fail", o.dataset_name, split, missing)
+    warn_missing_images(log, o.dataset_name, split, (s.image_ref for s in samples if s.meta["has_image"]))
     return Dataset(o.dataset_name, split, f"{o.root} (problems.json, {o.questions} questions)", tuple(samples), LICENSE)

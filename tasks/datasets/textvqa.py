@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from tasks.base import Dataset, Sample
-from tasks.datasets._common import lazy_file_image, read_json, require_keys, safe_relative
+from tasks.datasets._common import lazy_file_image, read_json, require_keys, safe_relative, warn_missing_images
 from tasks.datasets._registry import LoaderOptions, register_loader
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,5 @@ def load_textvqa(split: str, o: TextVqaOptions) -> Dataset:
                 "image_classes": tuple(r.get("image_classes") or ())}
         samples.append(Sample(f"{o.dataset_name}/{r['question_id']}", str(img), lazy_file_image(img),
                               question=r["question"], answers=tuple(str(a) for a in r["answers"]), meta=meta))
-    missing = sum(not Path(ref).is_file() for ref in {s.image_ref for s in samples})
-    if missing:
-        log.warning("%s %s: %d images are missing; questions on them will fail", o.dataset_name, split, missing)
+    warn_missing_images(log, o.dataset_name, split, (s.image_ref for s in samples))
     return Dataset(o.dataset_name, split, f"{path}", tuple(samples), LICENSE)

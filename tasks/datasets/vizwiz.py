@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from tasks.base import Dataset, Sample
-from tasks.datasets._common import lazy_file_image, read_json, require_keys, safe_relative
+from tasks.datasets._common import lazy_file_image, read_json, require_keys, safe_relative, warn_missing_images
 from tasks.datasets._registry import LoaderOptions, register_loader
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,5 @@ def load_vizwiz(split: str, o: VizWizOptions) -> Dataset:
                 "answer_confidence": tuple(a.get("answer_confidence") for a in r["answers"])}
         samples.append(Sample(f"{o.dataset_name}/{Path(r['image']).stem}", str(img), lazy_file_image(img),
                               question=r["question"], answers=tuple(str(a["answer"]) for a in r["answers"]), meta=meta))
-    missing = sum(not Path(s.image_ref).is_file() for s in samples)
-    if missing:
-        log.warning("%s %s: %d images are missing; those questions will fail", o.dataset_name, split, missing)
+    warn_missing_images(log, o.dataset_name, split, (s.image_ref for s in samples))
     return Dataset(o.dataset_name, split, f"{path}", tuple(samples), LICENSE)
