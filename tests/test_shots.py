@@ -187,10 +187,19 @@ def test_one_row_per_image_gives_the_same_shots_in_small_score_blocks(monkeypatc
     unique, image_of = img[::3], np.arange(len(support)) // 3
     queries = [_s(f"q{i}", image=f"img/q{i}") for i in range(7)]
     q_img, q_txt = rng.normal(size=(7, 16)), rng.normal(size=(7, 16))
-    full = SupportIndex.build(support, img, txt).select(queries, q_img, 5, q_txt)
-    monkeypatch.setattr(shots_mod, "SCORE_BLOCK", 2 * len(support))  # two queries per block
-    compact = SupportIndex.build(support, unique, txt, image_of=image_of).select(queries, q_img, 5, q_txt)
-    assert [[s.sample_id for s in r] for r in compact] == [[s.sample_id for s in r] for r in full]
+    queries.append(support[10])  # a support sample as query: its image's other questions are banned too
+    q_img, q_txt = np.vstack([q_img, img[10]]), np.vstack([q_txt, txt[10]])
+    for text, qt in ((txt, q_txt), (None, None)):
+        full = SupportIndex.build(support, img, text).select(queries, q_img, 5, qt)
+        with monkeypatch.context() as m:
+            m.setattr(shots_mod, "SCORE_BLOCK", 2 * len(support))  # two queries per block
+            compact = SupportIndex.build(support, unique, text, image_of=image_of).select(queries, q_img, 5, qt)
+        assert [[s.sample_id for s in r] for r in compact] == [[s.sample_id for s in r] for r in full]
+        assert all(s.image_ref != "img/3" for s in compact[-1])
+    # ties across images: every image equally similar -> the lowest sample ids, several per image
+    flat = SupportIndex.build(support, np.ones_like(unique), image_of=image_of)
+    (tied,) = flat.select([_s("q", image="img/q")], np.ones((1, 16)), 5)
+    assert [s.sample_id for s in tied] == ["s0004", "s0003", "s0002", "s0001", "s0000"]
     with pytest.raises(ValueError, match="image rows do not map"):
         SupportIndex.build(support, unique, image_of=image_of + 1)
 
