@@ -353,10 +353,11 @@ class Runner:
 
     def _shot_memo_key(self, unit: Unit, sample: Sample) -> str:
         ic = self.config.in_context
-        return stable_hash(
-            [unit.task.fingerprint, sample.sample_id, unit.shots, unit.trial, ic.strategy, self.config.seed,
-             self.fingerprints()["scorer"] if ic.strategy != "random" else ""]
-        )
+        parts = [unit.task.fingerprint, sample.sample_id, unit.shots, unit.trial, ic.strategy, self.config.seed,
+                 self.fingerprints()["scorer"] if ic.strategy != "random" else ""]
+        if ic.strategy != "random":  # retrieval now orders most similar last: older memos are not reused
+            parts.append("most-similar-last")
+        return stable_hash(parts)
 
     def _select_unit_shots(self, unit: Unit) -> dict[str, tuple[Sample, ...]]:
         """Demonstrations of every sample of the unit (memoised; retrieval batched over the unit)."""

@@ -81,10 +81,8 @@ def _text_matrix(scorer: Any, texts: Sequence[str]) -> np.ndarray:
     return np.stack([rows[t] for t in texts]).astype(np.float32)
 
 
-def _question(s: Sample) -> str:
-    if not s.question.strip():
-        raise ValueError(f"rices_qi compares questions, but sample {s.sample_id!r} has none (use rices for captioning)")
-    return s.question
+def _has_question(s: Sample) -> bool:
+    return bool(s.question.strip())
 
 
 def support_index(
@@ -110,24 +108,32 @@ def support_index(
             store.save(scorer_fp, "image", keys, image)
     row_of = {r: i for i, r in enumerate(refs)}
     image_of = np.array([row_of[s.image_ref] for s in support], dtype=np.int64)
+    usable = loaded[image_of]
     text = None
-    if with_text:
-        questions = [_question(s) for s in support]
-        text = store.load(scorer_fp, "question", questions)
-        if text is None:
-            text = _text_matrix(scorer, questions)
-            store.save(scorer_fp, "question", questions, text)
-    return SupportIndex.build(support, image, text, loaded[image_of], image_of)
+    if with_text:  # a support question that is empty is never chosen (it has nothing to compare)
+        asked = np.array([_has_question(s) for s in support], dtype=bool)
+        questions = [s.question for s, a in zip(support, asked) if a]
+        rows = store.load(scorer_fp, "question", questions)
+        if rows is None:
+            rows = _text_matrix(scorer, questions) if questions else np.zeros((0, 1), np.float32)
+            store.save(scorer_fp, "question", questions, rows)
+        text = np.tile(np.eye(1, rows.shape[1], dtype=np.float32), (len(support), 1))
+        text[asked] = rows
+        usable = usable & asked
+    return SupportIndex.build(support, image, text, usable, image_of)
 
 
 def embed_queries(
     scorer: Any, queries: Sequence[Sample], *, with_text: bool
 ) -> tuple[list[Sample], np.ndarray, np.ndarray | None]:
-    """Embeddings of the queries whose image loads (those are returned first), questions too if asked."""
+    """Embeddings of the queries that can be compared: image loads (and, for questions, one is asked).
+
+    The others get no shots here and fail as their own samples (unreadable image, empty question).
+    """
     refs, matrix, ok, _ = _image_rows(scorer, queries)
     row_of = {r: i for i, r in enumerate(refs)}
-    rows = [row_of[q.image_ref] for q in queries]
-    kept = [q for q, r in zip(queries, rows) if ok[r]]
-    image = matrix[[r for r in rows if ok[r]]] if kept else np.zeros((0, matrix.shape[1]), np.float32)
-    text = _text_matrix(scorer, [_question(q) for q in kept]) if with_text and kept else None
+    pairs = [(q, row_of[q.image_ref]) for q in queries if ok[row_of[q.image_ref]] and (not with_text or _has_question(q))]
+    kept = [q for q, _ in pairs]
+    image = matrix[[r for _, r in pairs]] if kept else np.zeros((0, matrix.shape[1]), np.float32)
+    text = _text_matrix(scorer, [q.question for q in kept]) if with_text and kept else None
     return kept, image, text
