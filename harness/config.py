@@ -94,6 +94,7 @@ class TaskRef(Strict):
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     limit: int | None = Field(None, ge=1)
     shots: tuple[int, ...] | None = None  # overrides in_context.shots for this task
+    support_options: dict[str, Any] = Field(default_factory=dict)  # options of a task's separate support dataset
 
     @field_validator("shots")
     @classmethod
@@ -144,6 +145,9 @@ class RunConfig(Strict):
             d.pop(k, None)
         if d.get("models", {}).get("llm", {}).get("engine") == "auto":
             d["models"]["llm"].pop("engine")  # the default: keeps hashes of older configs unchanged
+        for t in d.get("tasks", []):
+            if not t.get("support_options"):
+                t.pop("support_options", None)  # added later: older configs keep their hash
         return d
 
     def config_hash(self) -> str:

@@ -170,7 +170,8 @@ def plan_run(
     for i, ref in enumerate(refs):
         if ref.name not in known:
             raise ConfigError(f"config key 'tasks[{i}].name': unknown task {ref.name!r}; choices: {', '.join(known)}")
-        tasks.append(_plan_task(known[ref.name], ref.dataset_options, ref.limit or config.limit, config, ref.shots))
+        tasks.append(_plan_task(known[ref.name], ref.dataset_options, ref.limit or config.limit, config, ref.shots,
+                                ref.support_options))
     if not planned:
         raise ConfigError("no paradigm selected")
     if not tasks:
@@ -204,11 +205,14 @@ def _no_support_hint(spec: TaskSpec) -> str:
 
 
 def _plan_task(
-    spec: TaskSpec, overrides: dict[str, Any], limit: int | None, config: RunConfig, shots: tuple[int, ...] | None = None
+    spec: TaskSpec, overrides: dict[str, Any], limit: int | None, config: RunConfig, shots: tuple[int, ...] | None = None,
+    support_overrides: dict[str, Any] | None = None,
 ) -> PlannedTask:
     from tasks.datasets import load_dataset
 
     options = _resolve_paths({**spec.dataset_options, **overrides})
+    if support_overrides and spec.support_dataset is None:
+        raise ConfigError(f"task {spec.name!r} draws demonstrations from its own dataset; set dataset_options, not support_options")
     asked = max(shots if shots is not None else config.in_context.shots, default=0)
     if spec.kind != "binding" and asked > 0 and spec.support_split is None:
         raise ConfigError(
@@ -216,11 +220,27 @@ def _plan_task(
             f"set shots to 0 for it (tasks[].shots) or use a task with demonstrations "
             f"(see docs/datasets.md){_no_support_hint(spec)}"
         )
+    support_loader, support_options = spec.dataset, options
+    if spec.support_dataset is not None:  # demonstrations from another dataset: loaded only when asked for
+        support_loader = spec.support_dataset
+        support_options = _resolve_paths({**spec.support_dataset_options, **(support_overrides or {})})
+    load_support = spec.support_split is not None and (spec.support_dataset is None or asked > 0)
     try:
         ds = load_dataset(spec.dataset, spec.split, options)
-        support = load_dataset(spec.dataset, spec.support_split, options) if spec.support_split else None
     except (ValueError, OSError, KeyError) as exc:
         raise ConfigError(f"task {spec.name!r}: cannot load dataset {spec.dataset!r}: {exc}") from None
+    try:
+        support = load_dataset(support_loader, spec.support_split, support_options) if load_support else None
+    except (ValueError, OSError, KeyError) as exc:
+        if asked == 0:  # not needed at 0 shots (e.g. only the val files of VQAv2 are on disk)
+            log.info("task %s: demonstrations not loaded (%s); not needed at 0 shots", spec.name, exc)
+            support = None
+        else:
+            where = "tasks[].support_options" if spec.support_dataset else "dataset_options"
+            raise ConfigError(
+                f"task {spec.name!r}: cannot load its demonstrations ({support_loader!r} split {spec.support_split!r}; "
+                f"set {where}): {exc}"
+            ) from None
     if len(ds) == 0:
         raise ConfigError(f"task {spec.name!r}: dataset {spec.dataset!r} split {spec.split!r} has zero samples")
     ids = [s.sample_id for s in ds.samples]
@@ -247,6 +267,7 @@ def _plan_task(
             "source": ds.source,
             "split": ds.split,
             "support": support.source if support else None,
+            **({"support_options": support_options} if spec.support_dataset is not None and support else {}),
         }
     )
     return PlannedTask(spec, ds, support, fp, options, shots)

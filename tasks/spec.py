@@ -31,6 +31,10 @@ class TaskSpec(BaseModel):
     prompt: str
     metric: MetricName
     max_new_tokens: int = Field(16, ge=1)
+    support_dataset: str | None = None
+    """A different loader for the demonstrations (NoCaps: COCO Karpathy train); default: ``dataset``."""
+    support_dataset_options: dict[str, Any] = Field(default_factory=dict)
+    """Options of ``support_dataset`` (a config adds its own with ``tasks[].support_options``)."""
     support_note: str = ""
     """Why there is no support split, and where to get demonstrations (shown when shots are asked for)."""
     breakdown: Literal["scienceqa"] | None = None
@@ -43,6 +47,9 @@ class TaskSpec(BaseModel):
         d = self.model_dump(mode="json")
         d.pop("support_note", None)
         d.pop("breakdown", None)
+        if d.get("support_dataset") is None and not d.get("support_dataset_options"):
+            d.pop("support_dataset", None)
+            d.pop("support_dataset_options", None)
         return d
 
     def render_prompt(self, question: str = "", choices: tuple[str, ...] = (), hint: str = "") -> str:

@@ -148,3 +148,16 @@ def write_vizwiz(root: Path) -> None:
                 "answers": [{"answer": WORDS[i % 12], "answer_confidence": "yes"} for _ in range(10)],
             })
         _dump(root / "Annotations" / f"{split}.json", records)
+
+
+def write_nocaps_val(root: Path) -> None:
+    """``nocaps_val_4500_captions.json`` (COCO caption format with Open Images ids) + ``validation/``."""
+    images, annotations = [], []
+    for i, domain in enumerate(("in-domain", "near-domain", "out-domain")):
+        name = f"{i:016x}.jpg"
+        _image(root / "validation" / name, 900 + i)
+        images.append({"id": i, "open_images_id": f"{i:016x}", "file_name": name, "height": 16, "width": 24,
+                       "coco_url": "", "domain": domain, "license": 0, "date_captured": ""})
+        annotations += [{"image_id": i, "id": 10 * i + j, "caption": f"A {WORDS[(i + j) % 12]} seen from afar."}
+                        for j in range(10)]
+    _dump(root / "nocaps_val_4500_captions.json", {"licenses": [], "info": {}, "images": images, "annotations": annotations})

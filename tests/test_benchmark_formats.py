@@ -37,6 +37,7 @@ def data(tmp_path_factory) -> dict[str, dict]:
     fx.write_scienceqa(root / "scienceqa")
     fx.write_textvqa(root / "textvqa")
     fx.write_vizwiz(root / "vizwiz")
+    fx.write_nocaps_val(root / "nocaps")
     return {
         "karpathy_caption_local": {"annotations": str(ann), "images_root": str(images)},
         "okvqa_local": {"root": str(root / "okvqa")},
@@ -46,13 +47,25 @@ def data(tmp_path_factory) -> dict[str, dict]:
         "scienceqa_local": {"root": str(root / "scienceqa")},
         "textvqa_local": {"root": str(root / "textvqa")},
         "vizwiz_local": {"root": str(root / "vizwiz")},
+        # NoCaps draws its demonstrations from another dataset: COCO Karpathy train
+        "nocaps_local": {"root": str(root / "nocaps"), "support": {"annotations": str(ann), "images_root": str(images)}},
     }
+
+
+def _ref(task: str, options: dict) -> dict:
+    """The config entry of a task: dataset options, and the support dataset's own options if any."""
+    opts = {k: v for k, v in options.items() if k != "support"}
+    return {"name": task, "dataset_options": opts, **({"support_options": options["support"]} if "support" in options else {})}
 
 
 def _split(task: str, options: dict, which: str):
     spec = get_task(task)
-    split = spec.split if which == "eval" else spec.support_split
-    return load_dataset(spec.dataset, split, {**spec.dataset_options, **options})
+    opts = {k: v for k, v in options.items() if k != "support"}
+    if which == "eval":
+        return load_dataset(spec.dataset, spec.split, {**spec.dataset_options, **opts})
+    if spec.support_dataset is not None:
+        return load_dataset(spec.support_dataset, spec.support_split, {**spec.support_dataset_options, **options["support"]})
+    return load_dataset(spec.dataset, spec.support_split, {**spec.dataset_options, **opts})
 
 
 # ------------------------------------------------------------------------- loaders, field by field
@@ -129,7 +142,7 @@ def _cli(tmp: Path, cfg: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_every_format_runs_two_shot_with_support_demonstrations_never_the_query_image(tmp_path, data) -> None:
-    tasks = [{"name": name, "dataset_options": opts} for name, opts in data.items()]
+    tasks = [_ref(name, opts) for name, opts in data.items()]
     paradigm = [{"name": "text_conversion/pica", "options": {"converters": []}}]
     done = _cli(tmp_path, _config(tmp_path, tasks, paradigm), "--shots", "2", "--limit", "2")
     assert done.returncode == 0, done.stderr[-4000:]
@@ -196,7 +209,7 @@ def test_retrieval_with_the_run_scorer_most_similar_last_and_support_embeddings_
 
     from harness.runner import image_id_of
 
-    runner, unit = _runner(tmp_path, {"name": task, "dataset_options": data[task]}, strategy, "a.sqlite")
+    runner, unit = _runner(tmp_path, _ref(task, data[task]), strategy, "a.sqlite")
     chosen = runner._select_unit_shots(unit)
     scorer = runner.backbones.scorer
     support = unit.task.support.samples
@@ -219,7 +232,7 @@ def test_retrieval_with_the_run_scorer_most_similar_last_and_support_embeddings_
     assert list((tmp_path / "mmcache" / "support_embeddings").glob("image-*.npy"))
 
     # a fresh run (empty result cache) reads the support embeddings from disk: only the queries are embedded
-    again, unit2 = _runner(tmp_path, {"name": task, "dataset_options": data[task]}, strategy, "b.sqlite")
+    again, unit2 = _runner(tmp_path, _ref(task, data[task]), strategy, "b.sqlite")
     seen: list[int] = []
     real = type(again.backbones.scorer)._embed_images
 
@@ -234,3 +247,20 @@ def test_retrieval_with_the_run_scorer_most_similar_last_and_support_embeddings_
         type(again.backbones.scorer)._embed_images = real
     n_query_images = len({q.image_ref for q in unit2.task.dataset.samples})
     assert sum(seen) == n_query_images and np.isfinite(sup).all()
+
+
+def test_nocaps_reads_its_release_and_takes_demonstrations_from_coco_karpathy_only_when_asked(data) -> None:
+    nocaps = _split("nocaps_local", data["nocaps_local"], "eval")
+    assert nocaps.name == "nocaps" and len(nocaps) == 3 and len(nocaps.samples[2].references) == 10
+    assert nocaps.samples[0].image_ref.endswith("validation/0000000000000000.jpg")
+    base = {"paradigms": [{"name": "text_conversion/pica"}], "models": PACKAGED}
+    opts = {k: v for k, v in data["nocaps_local"].items() if k != "support"}
+    zero = plan_run(parse_config({**base, "tasks": [{"name": "nocaps_local", "dataset_options": opts}]}))
+    assert zero.tasks[0].support is None  # 0-shot: the other dataset is not needed, not read
+    two = plan_run(parse_config({**base, "tasks": [_ref("nocaps_local", data["nocaps_local"])], "in_context": {"shots": [2]}}))
+    assert two.tasks[0].support.name == "coco_karpathy" and len(two.tasks[0].support) == 5
+    with pytest.raises(ConfigError, match="cannot load its demonstrations.*tasks\\[\\]\\.support_options"):
+        plan_run(parse_config({**base, "tasks": [{"name": "nocaps_local", "dataset_options": opts}], "in_context": {"shots": [2]}}))
+    with pytest.raises(ConfigError, match="draws demonstrations from its own dataset"):
+        plan_run(parse_config({**base, "tasks": [{"name": "okvqa_local", "dataset_options": data["okvqa_local"],
+                                                   "support_options": {"root": "/x"}}]}))

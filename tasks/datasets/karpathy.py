@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.base import Dataset
-from tasks.datasets._common import read_json
 from tasks.datasets._registry import LoaderOptions, register_loader
 from tasks.datasets.coco import CocoOptions, load_coco_captions
 
@@ -32,7 +31,7 @@ class KarpathyOptions(LoaderOptions):
     """Folder the file's ``filepath/filename`` entries are relative to (COCO: holding ``train2014/``, ``val2014/``)."""
     restval_in_train: bool = True
     dataset_name: str | None = None
-    """Default: ``{dataset}_karpathy`` from the file's ``dataset`` field (e.g. ``coco_karpathy``)."""
+    """Default: ``{name}_karpathy`` from the file name ``dataset_{name}.json`` (e.g. ``coco_karpathy``)."""
 
 
 @register_loader(
@@ -42,12 +41,9 @@ class KarpathyOptions(LoaderOptions):
     description="Karpathy split file (dataset_coco/flickr30k/flickr8k.json) + image root",
 )
 def load_karpathy(split: str, options: KarpathyOptions) -> Dataset:
-    name = options.dataset_name
-    family = ""
-    if name is None:
-        doc = read_json(options.annotations, what="Karpathy split file")
-        family = str(doc.get("dataset", "")) if isinstance(doc, dict) else ""
-        name = f"{family or options.annotations.stem.removeprefix('dataset_')}_karpathy"
+    # the release names the file after its dataset (dataset_coco.json -> coco_karpathy), so the
+    # name comes from the file name and the (large) JSON is read only once, by the parser
+    name = options.dataset_name or f"{options.annotations.stem.removeprefix('dataset_')}_karpathy"
     inner = CocoOptions(
         root=options.images_root,
         format="karpathy",
