@@ -161,3 +161,19 @@ def write_nocaps_val(root: Path) -> None:
         annotations += [{"image_id": i, "id": 10 * i + j, "caption": f"A {WORDS[(i + j) % 12]} seen from afar."}
                         for j in range(10)]
     _dump(root / "nocaps_val_4500_captions.json", {"licenses": [], "info": {}, "images": images, "annotations": annotations})
+
+
+def write_coco_captions_official(root: Path) -> None:
+    """``annotations/captions_{split}2014.json`` + ``{split}2014/COCO_{split}2014_{id:012d}.jpg``."""
+    for split, n in (("train", 4), ("val", 2)):
+        images, annotations = [], []
+        for i in range(n):
+            image_id = (600 if split == "train" else 650) + i
+            name = f"COCO_{split}2014_{image_id:012d}.jpg"
+            _image(root / f"{split}2014" / name, image_id)
+            images.append({"license": 1, "file_name": name, "coco_url": "", "height": 16, "width": 24,
+                           "date_captured": "", "flickr_url": "", "id": image_id})
+            annotations += [{"image_id": image_id, "id": image_id * 10 + j, "caption": f"A {WORDS[(i + j) % 12]} on a table."}
+                            for j in range(5)]
+        _dump(root / "annotations" / f"captions_{split}2014.json",
+              {"info": {}, "licenses": [], "images": images, "annotations": annotations})

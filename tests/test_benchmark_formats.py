@@ -38,7 +38,9 @@ def data(tmp_path_factory) -> dict[str, dict]:
     fx.write_textvqa(root / "textvqa")
     fx.write_vizwiz(root / "vizwiz")
     fx.write_nocaps_val(root / "nocaps")
+    fx.write_coco_captions_official(root / "coco_official")
     return {
+        "coco_caption_local": {"root": str(root / "coco_official")},
         "karpathy_caption_local": {"annotations": str(ann), "images_root": str(images)},
         "okvqa_local": {"root": str(root / "okvqa")},
         "vqav2_local": {"root": str(root / "vqav2")},
