@@ -161,6 +161,7 @@ class TaskRef(Strict):
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     limit: int | None = Field(None, ge=1)
     shots: tuple[int, ...] | None = None  # overrides in_context.shots for this task
+    support_options: dict[str, Any] = Field(default_factory=dict)  # options of a task's separate support dataset
 
     @field_validator("shots")
     @classmethod
@@ -172,7 +173,7 @@ class TaskRef(Strict):
 
 class InContextConfig(Strict):
     shots: tuple[int, ...] = (0,)
-    strategy: Literal["random", "rices"] = "random"
+    strategy: Literal["random", "rices", "rices_qi"] = "random"  # see tasks/shots.py
     trials: int = Field(1, ge=1)
 
     @field_validator("shots")
@@ -214,6 +215,9 @@ class RunConfig(Strict):
         if d.get("models", {}).get("llm", {}).get("source") == "openai":
             for k in ServedLLMSource.NOT_IDENTITY:
                 d["models"]["llm"].pop(k, None)
+        for t in d.get("tasks", []):
+            if not t.get("support_options"):
+                t.pop("support_options", None)  # added later: older configs keep their hash
         return d
 
     def config_hash(self) -> str:

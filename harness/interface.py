@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
 
 from PIL import Image
 
@@ -31,6 +31,8 @@ class Shot:
     prompt: str
     answer: str
     question: str = ""  # the raw question (empty for captioning); ``prompt`` is the rendered template
+    choices: tuple[str, ...] = ()  # the demonstration's options (multiple choice)
+    meta: Mapping[str, Any] = field(default_factory=dict)  # the dataset's extra fields (e.g. ScienceQA hint, lecture)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Request:
     choices: tuple[str, ...] = ()
     question: str = ""
     max_new_tokens: int = 16
+    meta: Mapping[str, Any] = field(default_factory=dict)  # the dataset's extra fields (e.g. ScienceQA hint)
 
 
 class RetryableFailure(RuntimeError):

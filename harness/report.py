@@ -32,6 +32,7 @@ def results_frame(results: Sequence["UnitResult"]) -> pd.DataFrame:
                     "kind": u.task.spec.kind,
                     "shots": u.shots,
                     "trial": u.trial,
+                    "shot_strategy": r.shot_strategy,
                     "metric": metric,
                     "primary": metric == r.metrics.primary,
                     "value": value,

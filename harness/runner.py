@@ -85,6 +85,7 @@ class UnitResult:
     computed: int
     cached: int
     costs: dict[str, float] = field(default_factory=dict)
+    shot_strategy: str | None = None  # how demonstrations were chosen (None at 0 shots)
 
     @property
     def n_failed(self) -> int:
@@ -179,7 +180,8 @@ def plan_run(
     for i, ref in enumerate(refs):
         if ref.name not in known:
             raise ConfigError(f"config key 'tasks[{i}].name': unknown task {ref.name!r}; choices: {', '.join(known)}")
-        tasks.append(_plan_task(known[ref.name], ref.dataset_options, ref.limit or config.limit, config, ref.shots))
+        tasks.append(_plan_task(known[ref.name], ref.dataset_options, ref.limit or config.limit, config, ref.shots,
+                                ref.support_options))
     if not planned:
         raise ConfigError("no paradigm selected")
     if not tasks:
@@ -208,17 +210,47 @@ def spread_subset(samples: Sequence[Sample], n: int) -> tuple[Sample, ...]:
     return tuple(samples[int(i * step)] for i in range(n))
 
 
+def _no_support_hint(spec: TaskSpec) -> str:
+    return f": {spec.support_note}" if spec.support_note else ""
+
+
 def _plan_task(
-    spec: TaskSpec, overrides: dict[str, Any], limit: int | None, config: RunConfig, shots: tuple[int, ...] | None = None
+    spec: TaskSpec, overrides: dict[str, Any], limit: int | None, config: RunConfig, shots: tuple[int, ...] | None = None,
+    support_overrides: dict[str, Any] | None = None,
 ) -> PlannedTask:
     from tasks.datasets import load_dataset
 
     options = _resolve_paths({**spec.dataset_options, **overrides})
+    if support_overrides and spec.support_dataset is None:
+        raise ConfigError(f"task {spec.name!r} draws demonstrations from its own dataset; set dataset_options, not support_options")
+    asked = max(shots if shots is not None else config.in_context.shots, default=0)
+    if spec.kind != "binding" and asked > 0 and spec.support_split is None:
+        raise ConfigError(
+            f"task {spec.name!r} has no support split, so it cannot be run with {asked} shots; "
+            f"set shots to 0 for it (tasks[].shots) or use a task with demonstrations "
+            f"(see docs/datasets.md){_no_support_hint(spec)}"
+        )
+    support_loader, support_options = spec.dataset, options
+    if spec.support_dataset is not None:  # demonstrations from another dataset: loaded only when asked for
+        support_loader = spec.support_dataset
+        support_options = _resolve_paths({**spec.support_dataset_options, **(support_overrides or {})})
+    load_support = spec.support_split is not None and (spec.support_dataset is None or asked > 0)
     try:
         ds = load_dataset(spec.dataset, spec.split, options)
-        support = load_dataset(spec.dataset, spec.support_split, options) if spec.support_split else None
     except (ValueError, OSError, KeyError) as exc:
         raise ConfigError(f"task {spec.name!r}: cannot load dataset {spec.dataset!r}: {exc}") from None
+    try:
+        support = load_dataset(support_loader, spec.support_split, support_options) if load_support else None
+    except (ValueError, OSError, KeyError) as exc:
+        if asked == 0:  # not needed at 0 shots (e.g. only the val files of VQAv2 are on disk)
+            log.info("task %s: demonstrations not loaded (%s); not needed at 0 shots", spec.name, exc)
+            support = None
+        else:
+            where = "tasks[].support_options" if spec.support_dataset else "dataset_options"
+            raise ConfigError(
+                f"task {spec.name!r}: cannot load its demonstrations ({support_loader!r} split {spec.support_split!r}; "
+                f"set {where}): {exc}"
+            ) from None
     if len(ds) == 0:
         raise ConfigError(f"task {spec.name!r}: dataset {spec.dataset!r} split {spec.split!r} has zero samples")
     ids = [s.sample_id for s in ds.samples]
@@ -228,6 +260,11 @@ def _plan_task(
     if limit and limit < len(ds):
         ds = Dataset(ds.name, ds.split, ds.source, spread_subset(ds.samples, limit), ds.license)
     max_k = max(shots if shots is not None else config.in_context.shots, default=0)
+    if spec.kind != "binding" and max_k > 0 and config.in_context.strategy == "rices_qi" and spec.kind == "caption":
+        raise ConfigError(
+            f"in_context.strategy 'rices_qi' compares questions, but task {spec.name!r} is captioning; "
+            "use 'rices' or 'random'"
+        )
     if spec.kind != "binding" and max_k > 0 and support is not None and max_k > len(support):
         raise ConfigError(
             f"in_context.shots asks for {max_k} demonstrations but task {spec.name!r} has only "
@@ -243,11 +280,12 @@ def _plan_task(
     )
     fp = stable_hash(
         {
-            "task": spec.model_dump(mode="json"),
+            "task": spec.identity(),
             "options": options,
             "source": ds.source,
             "split": ds.split,
             "support": support.source if support else None,
+            **({"support_options": support_options} if spec.support_dataset is not None and support else {}),
         }
     )
     return PlannedTask(spec, ds, support, fp, options, shots, annotations)
@@ -326,7 +364,7 @@ class Runner:
         self._fingerprints: dict[str, str] | None = None
         self._meteor: Any = None
         self.watch = Stopwatch()
-        self._rices: dict[str, Callable[[Sample, Sequence[Sample]], Sequence[float]]] = {}
+        self._rices: dict[str, Any] = {}  # task fingerprint:strategy -> SupportIndex
 
     # ------------------------------------------------------------------ helpers
     def fingerprints(self) -> dict[str, str]:
@@ -355,60 +393,76 @@ class Runner:
             "backbones": {k: fps[k] for k in p.cls.uses},
         }
 
-    def _shots_for(self, unit: Unit, sample: Sample) -> tuple[Sample, ...]:
+    def _shot_memo_key(self, unit: Unit, sample: Sample) -> str:
+        ic = self.config.in_context
+        parts = [unit.task.fingerprint, unit.task.annotations, sample.sample_id, unit.shots, unit.trial, ic.strategy, self.config.seed,
+                 self.fingerprints()["scorer"] if ic.strategy != "random" else ""]
+        if ic.strategy != "random":  # retrieval now orders most similar last: older memos are not reused
+            parts.append("most-similar-last")
+        return stable_hash(parts)
+
+    def _select_unit_shots(self, unit: Unit) -> dict[str, tuple[Sample, ...]]:
+        """Demonstrations of every sample of the unit (memoised; retrieval batched over the unit)."""
+        samples = unit.task.dataset.samples
         if unit.task.spec.kind == "binding":
-            return tuple(sample.episode)
+            return {s.sample_id: tuple(s.episode) for s in samples}
         if unit.shots == 0 or unit.task.support is None:
-            return ()
+            return {s.sample_id: () for s in samples}
         from tasks.shots import select_shots
 
         ic = self.config.in_context
-        memo_key = stable_hash(
-            [unit.task.fingerprint, unit.task.annotations, sample.sample_id, unit.shots, unit.trial, ic.strategy,
-             self.config.seed,
-             self.fingerprints()["scorer"] if ic.strategy == "rices" else ""]
-        )
         support = unit.task.support.samples
         by_id = {s.sample_id: s for s in support}
-        cached = self.cache.memo_get("shots", memo_key)
-        if cached is not None and all(i in by_id for i in cached):
-            return tuple(by_id[i] for i in cached)
-        similarity = None
-        if ic.strategy == "rices":  # one closure per task, so support embeddings are computed once
-            if unit.task.fingerprint not in self._rices:
-                self._rices[unit.task.fingerprint] = self._rices_similarity(unit)
-            similarity = self._rices[unit.task.fingerprint]
-        chosen = select_shots(
-            sample, support, unit.shots, strategy=ic.strategy, seed=self.config.seed, trial=unit.trial,
-            similarity=similarity,
-        )
-        self.cache.memo_put("shots", memo_key, [s.sample_id for s in chosen])
-        return tuple(chosen)
+        out: dict[str, tuple[Sample, ...]] = {}
+        todo: list[Sample] = []
+        for s in samples:
+            cached = self.cache.memo_get("shots", self._shot_memo_key(unit, s))
+            if cached is not None and all(i in by_id for i in cached):
+                out[s.sample_id] = tuple(by_id[i] for i in cached)
+            else:
+                todo.append(s)
+        if ic.strategy == "random":
+            chosen = {
+                s.sample_id: select_shots(s, support, unit.shots, strategy="random", seed=self.config.seed, trial=unit.trial)
+                for s in todo
+            }
+        else:
+            chosen = self._retrieve(unit, todo)
+        for s in todo:
+            if s.sample_id not in chosen:  # the query image itself did not load: the sample fails later
+                out[s.sample_id] = ()
+                continue
+            out[s.sample_id] = tuple(chosen[s.sample_id])
+            self.cache.memo_put("shots", self._shot_memo_key(unit, s), [x.sample_id for x in chosen[s.sample_id]])
+        return out
 
-    def _rices_similarity(self, unit: Unit) -> Callable[[Sample, Sequence[Sample]], Sequence[float]]:
-        scorer = self.backbones.scorer
+    def _retrieve(self, unit: Unit, queries: Sequence[Sample]) -> dict[str, list[Sample]]:
+        """RICES / PICa retrieval for ``queries`` in one batched search over the support index."""
+        from harness.shot_embeddings import embed_queries, support_index
 
-        def embed(samples: Sequence[Sample]) -> Any:
-            imgs = [s.load_image() for s in samples]
-            return scorer.embed_images(imgs, [image_id_of(i) for i in imgs])
-
-        support_emb: dict[str, Any] = {}
-
-        def similarity(query: Sample, support: Sequence[Sample]) -> Sequence[float]:
-            key = unit.task.fingerprint
-            if key not in support_emb:
-                support_emb[key] = embed(support)
-            q = embed([query])
-            return (q @ support_emb[key].T)[0].tolist()
-
-        return similarity
+        if not queries:
+            return {}
+        strategy = self.config.in_context.strategy
+        key = f"{unit.task.fingerprint}:{strategy}"
+        if key not in self._rices:
+            self._rices[key] = support_index(
+                self.backbones.scorer, self.fingerprints()["scorer"], unit.task.support.samples,
+                with_text=strategy == "rices_qi", cache_root=Path(self.backbones.cache_dir) / "support_embeddings",
+            )
+        index = self._rices[key]
+        ok, img, txt = embed_queries(self.backbones.scorer, queries, with_text=strategy == "rices_qi")
+        if not ok:
+            return {}
+        picked = index.select(ok, img, unit.shots, txt)
+        return {q.sample_id: shots for q, shots in zip(ok, picked)}
 
     def _prepare_unit(self, unit: Unit) -> list[_Prepared]:
         pfp = self._paradigm_fp(unit.paradigm)
         out = []
+        with self.watch("shot_selection"):  # RICES runs the scorer: model work, not harness
+            selected = self._select_unit_shots(unit)
         for s in unit.task.dataset.samples:
-            with self.watch("shot_selection"):  # RICES runs the scorer: model work, not harness
-                shots = self._shots_for(unit, s)
+            shots = selected[s.sample_id]
             with self.watch("prepare_keys"):
                 prompt, key = self._key(unit, pfp, s, shots)
             out.append(_Prepared(s, key, prompt, shots))
@@ -417,7 +471,7 @@ class Runner:
     def _key(self, unit: Unit, pfp: dict[str, Any], s: Sample, shots: tuple[Sample, ...]) -> tuple[str, str]:
         """The sample's prompt and its cache key: everything that determines the answer."""
         spec = unit.task.spec
-        prompt = spec.render_prompt(clean_text(s.question), s.choices)
+        prompt = spec.render_prompt(clean_text(s.question), s.choices, clean_text(str(s.meta.get("hint") or "")))
         key = sample_key(
             paradigm=pfp,
             task=unit.task.fingerprint,
@@ -430,6 +484,8 @@ class Runner:
             max_new_tokens=spec.max_new_tokens,
             seed=self.config.seed,
             trial=unit.trial,
+            # how the demonstrations were chosen (left out at 0 shots: those keys stay as they were)
+            **({"shot_strategy": self.config.in_context.strategy} if unit.shots > 0 else {}),
         )
         return prompt, key
 
@@ -455,9 +511,11 @@ class Runner:
                     sample_id=x.sample_id,
                     image_id=image_id_of(ximg),
                     image=ximg,
-                    prompt=unit.task.spec.render_prompt(clean_text(x.question), x.choices),
+                    prompt=unit.task.spec.render_prompt(clean_text(x.question), x.choices, clean_text(str(x.meta.get("hint") or ""))),
                     answer=x.gold_text,
                     question=clean_text(x.question),
+                    choices=tuple(x.choices),
+                    meta=dict(x.meta),
                 )
             )
         return Request(
@@ -470,6 +528,7 @@ class Runner:
             choices=tuple(s.choices),
             question=clean_text(s.question),
             max_new_tokens=unit.task.spec.max_new_tokens,
+            meta=dict(s.meta),
         )
 
     def _answer(self, paradigm: Paradigm, requests: list[Request]) -> list[Answer]:
@@ -576,6 +635,10 @@ class Runner:
         preds = ["" if a.error else a.text for a in answers]
         with self.watch("metrics"):
             metrics = self._metrics(unit, samples, preds)
+            if unit.task.spec.breakdown:
+                from tasks.metrics.breakdowns import breakdown
+
+                metrics = merge_metrics(metrics, breakdown(unit.task.spec.breakdown, samples, metrics))
             if unit.task.spec.kind == "caption" and self.config.clipscore:
                 extra = self._clipscore(unit, samples, preds)
                 if extra is not None:
@@ -590,6 +653,7 @@ class Runner:
                 "question": s.question,
                 "prompt": p.prompt,
                 "shots": [x.sample_id for x in p.shots],
+                "shot_strategy": self.config.in_context.strategy if unit.shots > 0 else None,
                 "prediction": pred,
                 "references": list(s.references),
                 "answers": list(s.answers),
@@ -627,7 +691,8 @@ class Runner:
         for counter in ("parse_errors", "budget_exhausted", "tool_failures"):
             total = sum(int(a.trace.get(counter, 0) or 0) for a in answers if isinstance(a.trace, dict))
             costs[counter] = float(total)
-        result = UnitResult(unit, metrics, rows, computed, cached, costs)
+        strategy = self.config.in_context.strategy if unit.shots > 0 else None
+        result = UnitResult(unit, metrics, rows, computed, cached, costs, strategy)
         if self.on_unit:
             with self.watch("logging"):
                 self.on_unit(result)

@@ -31,10 +31,33 @@ class TaskSpec(BaseModel):
     prompt: str
     metric: MetricName
     max_new_tokens: int = Field(16, ge=1)
+    support_dataset: str | None = None
+    """A different loader for the demonstrations (NoCaps: COCO Karpathy train); default: ``dataset``."""
+    support_dataset_options: dict[str, Any] = Field(default_factory=dict)
+    """Options of ``support_dataset`` (a config adds its own with ``tasks[].support_options``)."""
+    support_note: str = ""
+    """Why there is no support split, and where to get demonstrations (shown when shots are asked for)."""
+    breakdown: Literal["scienceqa"] | None = None
+    """Per-group accuracies added to the results (see tasks/metrics/breakdowns.py)."""
 
-    def render_prompt(self, question: str = "", choices: tuple[str, ...] = ()) -> str:
+    def identity(self) -> dict[str, Any]:
+        """The spec as it enters the task fingerprint. ``support_note`` (documentation) and
+        ``breakdown`` (extra metrics over the same answers) change no answer, so they are left
+        out, and fingerprints of tasks that existed before them stay as they were."""
+        d = self.model_dump(mode="json")
+        d.pop("support_note", None)
+        d.pop("breakdown", None)
+        if d.get("support_dataset") is None and not d.get("support_dataset_options"):
+            d.pop("support_dataset", None)
+            d.pop("support_dataset_options", None)
+        return d
+
+    def render_prompt(self, question: str = "", choices: tuple[str, ...] = (), hint: str = "") -> str:
+        """Fill ``{question}``, ``{choices}`` and ``{context}`` — ``Context: <hint>`` and a line break
+        when the sample has a text hint (ScienceQA's), else nothing (as lmms-eval words it)."""
         opts = " ".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))
-        return self.prompt.format(question=question, choices=opts)
+        context = f"Context: {hint.strip()}\n" if hint.strip() else ""
+        return self.prompt.format(question=question, choices=opts, context=context)
 
 
 class TaskSpecError(ValueError):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ SCHEMAS: dict[str, dict[str, list[Any]]] = {
               "answer_type": ["other", "other"]},
     "aokvqa": {"image": [_img(11), _img(12)], "question_id": ["q1", "q2"], "question": ["What is it for?", "Why?"],
                "choices": [["eat", "sleep", "run", "fly"], ["rain", "sun", "snow", "wind"]],
-               "correct_choice_idx": [0, 2], "direct_answers": [["eat"] * 10, ["snow"] * 10],
+               "correct_choice_idx": [0, 2],
+               # the card's type: a string holding a Python list (parsed with ast.literal_eval)
+               "direct_answers": [str(["eat"] * 9 + ["dine"]), str(["snow"] * 10)],
                "difficult_direct_answer": [False, True], "rationales": [["r"], ["s"]]},
     "textvqa": {"image_id": ["a1", "a2"], "question_id": [1, 2], "question": ["What brand?", "What number?"],
                 "image": [_img(13), _img(14)], "answers": [["nokia"] * 10, ["7"] * 10], "ocr_tokens": [["nokia"], ["7"]],
@@ -91,7 +94,10 @@ def test_each_mapping_reads_its_schema_from_local_parquet(spec, tmp_path: Path) 
             assert list(sample.references) == rows[spec.captions][i]
         elif spec.kinds[0] == "vqa":
             assert sample.question == rows[spec.question][i]
-            assert list(sample.answers) == get_field({k: v[i] for k, v in rows.items()}, spec.answers)
+            want = get_field({k: v[i] for k, v in rows.items()}, spec.answers)
+            if spec.answers_literal and isinstance(want, str):  # the card's string-typed list
+                want = ast.literal_eval(want)
+            assert list(sample.answers) == want
         else:
             assert list(sample.choices) == rows[spec.choices][i]
             assert sample.answer_index == rows[spec.answer_index][i]
@@ -116,6 +122,7 @@ def test_aokvqa_offers_direct_answer_and_multiple_choice(tmp_path: Path) -> None
     path = str(_write_parquet("aokvqa", tmp_path))
     direct = load_dataset("hub_aokvqa", "val", {"data_files": path, "cache_dir": str(tmp_path / "cache")})
     assert direct.samples[1].answers == ("snow",) * 10 and direct.samples[1].choices == ()
+    assert direct.samples[0].answers == ("eat",) * 9 + ("dine",)  # parsed from the card's string type
     mc = load_dataset("hub_aokvqa", "val", {"data_files": path, "task": "multiple_choice", "cache_dir": str(tmp_path / "cache")})
     assert mc.samples[1].choices == ("rain", "sun", "snow", "wind") and mc.samples[1].gold_text == "snow"
     with pytest.raises(ValueError, match="supports task"):
@@ -151,3 +158,24 @@ def test_a_row_without_image_fails_only_when_loaded(tmp_path: Path) -> None:
     assert ds.samples[1].load_image().size == (10, 8)
     with pytest.raises(ImageLoadError, match="okvqa/1 .*no image"):
         ds.samples[0].load_image()
+
+
+def test_aokvqa_direct_answers_string_is_parsed_as_a_literal_never_run(tmp_path: Path) -> None:
+    cols = {**SCHEMAS["aokvqa"], "direct_answers": ["__import__('os').getcwd()", "['ok']"]}
+    path = tmp_path / "evil.parquet"
+    datasets.Dataset.from_dict(cols, features=_features(cols)).to_parquet(str(path))
+    with pytest.raises(ValueError, match="aokvqa/q1 answers: cannot read"):
+        load_dataset("hub_aokvqa", "val", {"data_files": str(path), "cache_dir": str(tmp_path / "cache")})
+
+
+def test_hub_id_can_be_overridden_and_is_reported(monkeypatch, tmp_path: Path) -> None:
+    seen = {}
+
+    def fake_load(hub_id, **kw):
+        seen.update(hub_id=hub_id, **kw)
+        return datasets.Dataset.from_dict(SCHEMAS["okvqa"], features=_features(SCHEMAS["okvqa"]))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    ds = load_dataset("hub_okvqa", "val", {"hub_id": "lmms-lab-encoder/OK-VQA", "revision": "abc123"})
+    assert seen["hub_id"] == "lmms-lab-encoder/OK-VQA" and seen["revision"] == "abc123"
+    assert ds.source == "hub:lmms-lab-encoder/OK-VQA@abc123"

@@ -6,7 +6,7 @@ import pytest
 
 from tasks.datasets import LOADERS
 from tasks.metrics import METRICS
-from tasks.spec import task_specs
+from tasks.spec import get_task, task_specs
 
 KIND_METRICS = {
     "caption": {"caption"},
@@ -36,3 +36,13 @@ def test_task_spec_is_consistent(name):
 def test_choices_render_as_lettered_options():
     spec = task_specs()["aokvqa_mc"]
     assert spec.render_prompt("What?", ("cat", "dog")) == "Question: What? Options: (A) cat (B) dog Answer:"
+
+
+def test_scienceqa_prompts_put_the_hint_first_as_context() -> None:
+    spec = get_task("scienceqa_local")
+    assert spec.render_prompt("Which is hot?", ("ice", "fire"), "It is summer.") == (
+        "Context: It is summer.\nQuestion: Which is hot? Options: (A) ice (B) fire Answer:"
+    )
+    assert spec.render_prompt("Which is hot?", ("ice", "fire"), "  ") == "Question: Which is hot? Options: (A) ice (B) fire Answer:"
+    assert get_task("scienceqa_img").prompt == spec.prompt
+    assert get_task("okvqa_local").render_prompt("Why?", (), "ignored") == "Question: Why? Short answer:"

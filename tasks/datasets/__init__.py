@@ -13,7 +13,7 @@ from tasks.base import Dataset
 from tasks.datasets._registry import LOADERS, Loader, LoaderOptions, register_loader
 
 # built-in loaders register themselves on import
-from tasks.datasets import coco, flickr8k, hub, photos, vqa, world  # noqa: E402,F401
+from tasks.datasets import aokvqa, coco, flickr8k, hub, karpathy, photos, scienceqa, textvqa, vizwiz, vqa, world  # noqa: E402,F401
 from tasks.datasets.flickr8k import caption_text_corpus  # noqa: E402
 
 __all__ = [

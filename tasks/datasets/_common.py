@@ -155,3 +155,11 @@ def require_keys(record: Any, keys: tuple[str, ...], *, what: str) -> None:
     missing = [k for k in keys if k not in record]
     if missing:
         raise ValueError(f"{what}: missing field(s) {missing}")
+
+
+def warn_missing_images(log: Any, name: str, split: str, refs: Any) -> None:
+    """Log how many distinct image files named by a split are absent (their samples will fail)."""
+    present = {ref: Path(ref).is_file() for ref in set(refs)}
+    missing = sum(not ok for ok in present.values())
+    if missing:
+        log.warning("%s %s: %d of %d images are missing; samples on them will fail", name, split, missing, len(present))

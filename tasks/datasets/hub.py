@@ -8,6 +8,7 @@ sample's ``load_image`` is called.
 
 from __future__ import annotations
 
+import ast
 import functools
 import io
 from pathlib import Path
@@ -26,6 +27,9 @@ _BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "
 class HubOptions(LoaderOptions):
     task: Literal["caption", "vqa", "multiple_choice"] | None = None
     revision: str | None = None
+    """Pin the hub dataset to a commit, tag or branch (default: the spec's pin, else ``main``)."""
+    hub_id: str | None = None
+    """Read another hub repository with the same fields (e.g. a mirror after the original moved)."""
     path: str | None = None
     """A local dataset instead of the hub: a ``save_to_disk`` folder or a folder ``load_dataset`` reads."""
     data_files: str | list[str] | dict[str, str | list[str]] | None = None
@@ -80,13 +84,14 @@ def open_table(spec: HubSpec, split: str, o: HubOptions):
             return loaded, str(local)
         return datasets.load_dataset(o.path, split=hub_split, cache_dir=o.cache_dir), str(local)
     revision = o.revision or spec.revision
+    hub_id = o.hub_id or spec.hub_id
     ds = datasets.load_dataset(
-        spec.hub_id, split=hub_split, revision=revision, data_files=dict(spec.data_files) if spec.data_files else None,
+        hub_id, split=hub_split, revision=revision, data_files=dict(spec.data_files) if spec.data_files else None,
         cache_dir=o.cache_dir,
     )
     from harness.hub_pin import pinned_revision  # the commit loaded, so the task fingerprint moves with it
 
-    return ds, f"hub:{spec.hub_id}@{pinned_revision(spec.hub_id, revision, 'dataset')}"
+    return ds, f"hub:{hub_id}@{pinned_revision(hub_id, revision, 'dataset')}"
 
 
 def _decode(value: Any, where: str) -> Image.Image:
@@ -121,9 +126,19 @@ def _has_image(table: Any, column: str) -> list[bool]:
     return pc.is_valid(arrow.column(column)).to_pylist()
 
 
-def _as_strings(value: Any, what: str) -> tuple[str, ...]:
+def _as_strings(value: Any, what: str, *, literal: bool = False) -> tuple[str, ...]:
+    """A list column as strings; with ``literal``, a string holding a Python list literal is parsed
+    (A-OKVQA's hub copy stores ``direct_answers`` as ``"['ride', 'ride', ...]"``) — by
+    ``ast.literal_eval``, which reads literals only and never runs code."""
     if value is None:
         return ()
+    if literal and isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError) as err:
+            raise ValueError(f"{what}: cannot read {value[:60]!r} as a list literal: {err}") from None
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{what} must hold a list, got {type(value).__name__}")
     if isinstance(value, str) or not isinstance(value, Sequence):
         raise ValueError(f"{what} must be a list of strings, got {type(value).__name__}")
     return tuple(str(v) for v in value)
@@ -156,7 +171,7 @@ def _build(spec: HubSpec, split: str, o: HubOptions) -> Dataset:
         else:
             fields["question"] = str(get_field(row, spec.question))
         if task == "vqa":
-            fields["answers"] = _as_strings(get_field(row, spec.answers), f"{sid} answers")
+            fields["answers"] = _as_strings(get_field(row, spec.answers), f"{sid} answers", literal=spec.answers_literal)
         if task == "multiple_choice":
             fields["choices"] = _as_strings(get_field(row, spec.choices), f"{sid} choices")
             idx = get_field(row, spec.answer_index)

@@ -31,6 +31,8 @@ class HubSpec:
     """Extra columns copied into ``Sample.meta`` (e.g. ScienceQA's ``hint``)."""
     require_image: bool = False
     """Drop rows without an image (ScienceQA mixes text-only questions in)."""
+    answers_literal: bool = False
+    """The answers column may be a string holding a Python list literal (parsed, never evaluated)."""
     revision: str | None = None
     data_files: Mapping[str, str] | None = None
     license: str = ""
@@ -101,11 +103,13 @@ HUB_SPECS: tuple[HubSpec, ...] = (
         id="question_id",
         question="question",
         answers="direct_answers",
+        answers_literal=True,
         choices="choices",
         answer_index="correct_choice_idx",
         meta=("difficult_direct_answer",),
         license="A-OKVQA annotations Apache-2.0; COCO images under Flickr licenses",
-        field_notes="test split hides answers (empty answers / answer_index None)",
+        field_notes="direct_answers is a string holding a Python list on the hub (parsed with ast.literal_eval); "
+        "test split hides answers (empty answers / answer_index None)",
     ),
     HubSpec(
         name="textvqa",
@@ -137,7 +141,7 @@ HUB_SPECS: tuple[HubSpec, ...] = (
         question="question",
         choices="choices",
         answer_index="answer",
-        meta=("hint", "subject", "grade", "topic", "skill"),
+        meta=("hint", "subject", "grade", "topic", "skill", "lecture", "solution"),
         require_image=True,
         license="ScienceQA CC BY-NC-SA 4.0",
         field_notes="image subset only (rows whose image is null are dropped)",
