@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from harness.experts import ExpertSpec
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -62,6 +64,17 @@ class ModelsConfig(Strict):
     scorer: ScorerSource = ScorerSource()
     text_embedder: TextEmbedderSource = TextEmbedderSource()
     vision_encoder: VisionEncoderSource = VisionEncoderSource()
+    # Vision experts shared by the tool agents (as tools) and text conversion (as converters);
+    # see harness/experts. Empty: the packaged offline tools only.
+    experts: tuple[ExpertSpec, ...] = ()
+
+    @field_validator("experts")
+    @classmethod
+    def _unique_expert_names(cls, v: tuple[Any, ...]) -> tuple[Any, ...]:
+        from harness.experts import check_names
+
+        check_names(v)
+        return v
 
 
 class GenerationConfig(Strict):
@@ -144,6 +157,8 @@ class RunConfig(Strict):
             d.pop(k, None)
         if d.get("models", {}).get("llm", {}).get("engine") == "auto":
             d["models"]["llm"].pop("engine")  # the default: keeps hashes of older configs unchanged
+        if not d.get("models", {}).get("experts", True):
+            d["models"].pop("experts")  # none configured: older configs keep their hashes
         return d
 
     def config_hash(self) -> str:

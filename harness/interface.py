@@ -51,6 +51,8 @@ class Request:
     choices: tuple[str, ...] = ()
     question: str = ""
     max_new_tokens: int = 16
+    #: the sample's scored references/answers: an oracle expert never shows them (harness/experts)
+    withheld: tuple[str, ...] = ()
 
 
 @dataclass

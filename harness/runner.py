@@ -446,6 +446,7 @@ class Runner:
             choices=tuple(s.choices),
             question=clean_text(s.question),
             max_new_tokens=unit.task.spec.max_new_tokens,
+            withheld=(*s.references, *s.answers, *((s.gold_text,) if s.choices else ())),
         )
 
     def _answer(self, paradigm: Paradigm, requests: list[Request]) -> list[Answer]:
