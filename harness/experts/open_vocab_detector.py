@@ -53,7 +53,7 @@ class OpenVocabDetector(Expert):
         inputs = processor(text=[names], images=rgb, return_tensors="pt").to(self.spec.device)
         with torch.inference_mode():
             out = model(**inputs)
-        res = processor.post_process_object_detection(
+        res = processor.image_processor.post_process_object_detection(
             out, threshold=self.spec.threshold, target_sizes=torch.tensor([[rgb.height, rgb.width]])
         )[0]
         boxes = [
