@@ -433,3 +433,134 @@ def test_copied_template_placeholder_is_not_an_answer():
     ans = agent(VisualChatGPT, llm, max_steps=2).answer_batch([req()])[0]
     assert [s["kind"] for s in ans.trace["transcript"]] == ["malformed", "malformed", "forced_final"]
     assert ans.text == "cat" and ans.trace["budget_exhausted"]
+
+
+# ------------------------------------------------------------------------- prompt structure
+def _in_order(text: str, markers: Sequence[str]) -> None:
+    pos = -1
+    for m in markers:
+        i = text.find(m, pos + 1)
+        assert i > pos, f"{m!r} missing or out of order"
+        pos = i
+
+
+def test_visual_chatgpt_prompt_has_every_section_in_order():
+    llm = ScriptedLLM([" No\nAI: cat"])
+    shots = (Shot("d1", "shot1", img("blue"), "Question: what colour? Short answer:", "blue"),)
+    agent(VisualChatGPT, llm).answer_batch([req(shots=shots)])
+    prompt = user_text(llm.calls[0][0][0])
+    _in_order(prompt, [
+        # prefix: who the assistant is, the image file-name rules, descriptions are not to be trusted
+        "Visual ChatGPT is designed to help with a wide range of text and visual tasks",
+        'Every image has a file name of the form "image/xxx.png"',
+        "never makes up files that do not exist",
+        "is faithful to the tools' observations instead of faking the image content",
+        "Human may give Visual ChatGPT new figures with a description.",
+        "Overall, Visual ChatGPT is a powerful visual dialogue assistant",
+        "TOOLS:\n------\n\nVisual ChatGPT has access to the following tools:\n\n",
+        # tools as "name: useful when ..., input ..."
+        "> Detect Objects: useful when you want to know which objects are in the image and where they are. "
+        "The input to this tool should be a string, representing the image_path.",
+        "> Check Image Shows: useful when",
+        # format instructions
+        "To use a tool, please use this format:",
+        "Thought: Do I need to use a tool? Yes\nAction: the action to take, should be one of [Detect Objects, "
+        "Classify Image, Read Text, Detect Faces, Check Image Shows]\nAction Input: the input to the action\n"
+        "Observation: the result of the action",
+        "you MUST use this format:",
+        "Thought: Do I need to use a tool? No\nAI: [your response here]",
+        # suffix: file-name strictness, Begin!, history (upload turns, earlier exchange), new input, scratchpad
+        "You are very strict about file name correctness",
+        "Begin!\n\nPrevious conversation history:\n",
+        f"Human: provide a figure named {image_path('shot1')}.",
+        "AI: Received.\nHuman: Question: what colour? Short answer:\nAI: blue\n",
+        f"Human: provide a figure named {P0}.",
+        'If you understand, say "Received".\nAI: Received.',
+        "\n\nNew input: Question: what animal is this? Short answer:\n",
+        "Visual ChatGPT must use tools to observe images instead of imagination.",
+        "should remember to repeat important information in the final response for Human.",
+        "Thought: Do I need to use a tool?  Let's think step by step.\n",
+    ])
+    assert prompt.count("provide a figure named") == 2
+
+
+def test_mm_react_prompt_has_every_section_in_order():
+    llm = ScriptedLLM([" cat"])
+    agent(MMReact, llm).answer_batch([req()])
+    prompt = user_text(llm.calls[0][0][0])
+    _in_order(prompt, [
+        "Human: Hey AI!\nMy name is Human.\nLet me introduce you to Assistant.",
+        "you can ask Assistant by addressing him.",
+        "For example:\nAI: This is an image. Assistant, what objects do you see in this image? image/",
+        "Assistant: This is an image (640 x 427) with description",
+        "List of object descriptions, and their location in this image:",
+        "List of object tags seen in this image:",
+        "In this example 640 427 is the width height dimension of the image",
+        "For example:\nHuman: What is written on the sign?",
+        "Assistant, what OCR text do you see in this image?",
+        "These are the tasks that Assistant can handle for an image: Image Understanding, Detect Objects",
+        "If the task does not fit any of the above, make sure the question has the word objects in it.",
+        "make sure the question has the word OCR in it.",
+        "For example:\nHuman: How many people are in this picture?",
+        "List of people faces, and their location in this image:",
+        "AI: There are three people in this picture.\nAI: 3",
+        "\n\n\n\nOur Previous conversation history:\n",
+        f"\n\nNew input:\nQuestion: what animal is this? Short answer: {P0}\n",
+    ])
+    assert prompt.endswith(f"Short answer: {P0}\n")  # the scratchpad slot is last
+
+
+# -------------------------------------------------------------------- MM-REACT's parser
+@pytest.mark.parametrize(
+    "generated, expected",
+    [
+        # reasoning line, then the watchword on the next line
+        (f"This is an image.\nAssistant, what OCR text do you see in this image? {P0}", ("Read Text", P0)),
+        # two watchwords: the last one is the action
+        (f"AI: Assistant, what objects do you see in this image? {P0}\nAI: No, first the text.\n"
+         f"AI: Assistant, what is the OCR text in this image? {P0}", ("Read Text", P0)),
+        # no keyword matches: MM-REACT's default expert
+        (f"Let me look.\nAI: Assistant, tell me about this picture {P0}", ("Image Understanding", P0)),
+        (f"AI: There are faces.\nAI: Assistant, are there any celebrities in this image? {P0}", ("Detect Faces", P0)),
+        # no watchword: the final answer is what follows the last "AI:"
+        ("The tags say tabby cat.\nAI: a tabby cat", "a tabby cat"),
+        ("It is a cat", "It is a cat"),
+        ("I think so.\nAI: This is an image of a cat.\nAI: cat", "cat"),
+    ],
+)
+def test_mm_react_parser_on_multi_line_turns(generated, expected):
+    from paradigms.tool_agent.formats import Call, Final, WatchwordFormat
+
+    reg = build_registry(make_backbones(None), AgentToolsOptions(image_understanding=True))
+    parsed = WatchwordFormat("Image Understanding").parse(generated, reg)
+    if isinstance(expected, tuple):
+        assert isinstance(parsed, Call) and (parsed.tool, parsed.fields["image"]) == expected
+    else:
+        assert isinstance(parsed, Final) and parsed.answer == expected
+
+
+def test_mm_react_multi_line_turn_in_the_loop_keeps_reasoning_and_answers_from_the_last_ai_line():
+    llm = ScriptedLLM([
+        f"AI: This image may contain text.\nAI: Assistant, what OCR text do you see in this image? {P0}",
+        "The sign reads STOP.\nAI: stop",
+    ])
+    ans = agent(MMReact, llm).answer_batch([req()])[0]
+    assert ans.text == "stop" and ans.trace["transcript"][0]["tool"] == "Read Text"
+    assert ans.trace["scratchpad"] == (
+        f"AI: This image may contain text.\nAI: Assistant, what OCR text do you see in this image? {P0}\n"
+        'Assistant: "STOP" (0.99, centre)\nAI:'
+    )
+    assert ans.trace["transcript"][1]["generated"] == "The sign reads STOP.\nAI: stop"  # reasoning kept
+
+
+def test_langchain_parse_rules_for_visual_chatgpt():
+    from paradigms.tool_agent.formats import Call, Final, Malformed, ReActFormat
+
+    reg = build_registry(make_backbones(None))
+    f = ReActFormat()
+    # "AI:" anywhere wins; the answer is the text after the last one
+    assert f.parse(f"Yes\nAction: Detect Objects\nAction Input: {P0}\nAI: a cat", reg) == Final("a cat")
+    # Action / Action Input may be separated by blank lines; quotes and spaces around the input go
+    p = f.parse(f'Thought: Do I need to use a tool? Yes\nAction: Check Image Shows\n\nAction Input: "{P0}, a cat"', reg)
+    assert isinstance(p, Call) and p.tool == "Check Image Shows" and p.fields == {"image": P0, "query": "a cat"}
+    assert isinstance(f.parse("I think it is a cat.", reg), Malformed)

@@ -129,6 +129,23 @@ class TextConversionParadigm(Paradigm):
         text = truncate(conv.text or NO_FACTS, self.options.max_context_chars)
         return text, {"image_id": image_id, "context": text}, conv.tool_calls, conv.seconds
 
+    def perception_setup(self) -> dict[str, str]:
+        """How this paradigm perceives images, for the run's parameters (oracle vs real in the report)."""
+        from harness.models.converters import ExpertConverter
+
+        parts, oracle, experts = [], False, False
+        for c in self.converters:
+            if isinstance(c, ExpertConverter):
+                experts, oracle = True, oracle or c.oracle
+                s = c.expert.spec
+                parts.append(f"{c.name}={c.expert.kind}:{getattr(s, 'model', None) or getattr(s, 'source', '')}")
+            elif c.spec.kind == "captioner":
+                experts = True
+                parts.append(f"captioner={c.spec.model}")
+            else:
+                parts.append(f"{c.spec.kind}=packaged")
+        return {"perception": "oracle" if oracle else ("experts" if experts else "packaged"), "experts": "; ".join(parts)}
+
     # ----------------------------------------------------------------- prompts
     def _wrap(self, text: str) -> str:
         return self.backbones.llm.chat_prompt(text) if self.options.use_chat_template else text

@@ -59,6 +59,22 @@ class _ToolAgent(Paradigm):
     def make_format(self, registry: ToolRegistry) -> PromptFormat:
         raise NotImplementedError
 
+    def perception_setup(self) -> dict[str, str]:
+        """How this agent perceives images, for the run's parameters (oracle vs real in the report)."""
+        reg = self.registry()
+        experts = getattr(self.backbones, "experts", None)
+        parts, oracle, configured = [], False, False
+        for t in reg:
+            e = experts.get(t.name) if experts is not None and t.name in experts else None
+            if e is not None:
+                configured, oracle = True, oracle or e.oracle
+                parts.append(f"{t.name}={e.kind}:{getattr(e.spec, 'model', None) or getattr(e.spec, 'source', '')}")
+            else:
+                parts.append(f"{t.name}=packaged")
+        if IMAGE_UNDERSTANDING in reg and experts is not None:  # the composite reads the captioner/oracle too
+            oracle = oracle or any(e.oracle for e in experts.of_kind("reference_captions"))
+        return {"perception": "oracle" if oracle else ("experts" if configured else "packaged"), "experts": "; ".join(parts)}
+
     def upload_tool(self, registry: ToolRegistry) -> str | None:
         return None
 
