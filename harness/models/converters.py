@@ -69,7 +69,7 @@ class FacesSpec(_Strict):
 
 
 class CaptionerSpec(_Strict):
-    """A hub or local image captioner (BLIP, GIT, ...); nothing like it ships offline (BRIEF §5)."""
+    """A hub or local image captioner (BLIP, GIT, ...); nothing like it ships in a reachable package registry."""
 
     kind: Literal["captioner"] = "captioner"
     model: str
