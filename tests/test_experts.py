@@ -267,3 +267,27 @@ def test_smollm2_agent_calls_a_configured_captioner_on_an_embedded_photo(smollm2
     assert step["kind"] == "action" and step["tool"] == "Image Understanding", step
     assert step["observation"].startswith(f"This is an image (451 x 300) with description {caption}.")
     assert f"Assistant: {step['observation']}" in ans.trace["scratchpad"]
+
+
+def test_runs_record_whether_perception_is_real_or_the_oracle():
+    """The ``perception``/``experts`` MLflow params the report reads to put oracle and real rows side by side."""
+    from harness.backbones import Backbones
+    from harness.config import ModelsConfig
+    from harness.registry import get_paradigm
+
+    bb = Backbones(ModelsConfig(experts=[{"kind": "reference_captions", "name": "Human Captions", "source": "photos_caption"},
+                                         {"kind": "detector", "model": "facebook/detr-resnet-50"}]))
+    gen = GenerationSettings()
+
+    def setup(name: str, **options) -> dict:  # noqa: ANN003
+        cls = get_paradigm(name)
+        return cls(bb, cls.Options(**options), gen).perception_setup()
+
+    assert setup("text_conversion/pica") == {
+        "perception": "packaged", "experts": "objects=packaged; tags=packaged; ocr=packaged; faces=packaged"}
+    assert setup("text_conversion/pica", converters=[{"kind": "expert", "name": "Human Captions"}]) == {
+        "perception": "oracle", "experts": "Human Captions=reference_captions:photos_caption"}
+    assert setup("text_conversion/promptcap", converters=[{"kind": "expert", "name": "Detect Objects"}])["perception"] == "experts"
+    vcg = setup("tool_agent/visual_chatgpt")
+    assert vcg["perception"] == "oracle" and "Detect Objects=detector:facebook/detr-resnet-50" in vcg["experts"]
+    assert setup("tool_agent/visual_chatgpt", tools=["Detect Objects"])["perception"] == "experts"

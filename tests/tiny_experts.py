@@ -42,24 +42,22 @@ def _blip_processor(d: Path):  # noqa: ANN202
     return BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), _bert_tokenizer(d, bos_token="[DEC]"))
 
 
-def save_blip_captioner(d: Path, seed: int = 0) -> Path:
-    from transformers import BlipForConditionalGeneration
+def _save_blip(d: Path, model_class: str, seed: int) -> Path:
+    import transformers
 
     d.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    BlipForConditionalGeneration(_blip_config()).save_pretrained(d)
+    getattr(transformers, model_class)(_blip_config()).save_pretrained(d)
     _blip_processor(d).save_pretrained(d)
     return d
+
+
+def save_blip_captioner(d: Path, seed: int = 0) -> Path:
+    return _save_blip(d, "BlipForConditionalGeneration", seed)
 
 
 def save_blip_vqa(d: Path, seed: int = 0) -> Path:
-    from transformers import BlipForQuestionAnswering
-
-    d.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    BlipForQuestionAnswering(_blip_config()).save_pretrained(d)
-    _blip_processor(d).save_pretrained(d)
-    return d
+    return _save_blip(d, "BlipForQuestionAnswering", seed)
 
 
 def save_vilt_vqa(d: Path, seed: int = 0) -> Path:

@@ -58,7 +58,8 @@ class PromptCap(TextConversionParadigm):
             res = self.cache.get(conv, image_id, image, question, withheld)
             calls, secs = calls + res.tool_calls, secs + res.seconds
             if conv.is_caption:  # captions (a captioner's, the oracle's) are kept whole, unranked
-                parts += [f.text for f in res.facts]
+                if res.facts:
+                    parts.append(". ".join(f.text for f in res.facts))
             else:
                 facts += res.facts
         trace: dict[str, Any] = {"image_id": image_id}
