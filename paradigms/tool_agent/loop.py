@@ -40,7 +40,7 @@ class LoopOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     max_steps: int = Field(15, ge=1, le=20)  # LLM turns that may call tools (LangChain's max_iterations)
     step_tokens: int = Field(48, ge=4, le=512)  # new tokens per turn
-    token_budget: int = Field(256, ge=8)  # generated tokens over all turns, final answer excluded
+    token_budget: int = Field(1024, ge=8)  # generated tokens over all turns, final answer excluded (15 x 48 fit)
     max_prompt_tokens: int = Field(4096, ge=64)  # context the prompt may fill
     max_parse_errors: int = Field(1, ge=0)  # corrective observations before free text counts as the answer
     # Harness aid (off = the papers' memory, which keeps only Human/AI turns): show this tool's call
