@@ -564,3 +564,11 @@ def test_langchain_parse_rules_for_visual_chatgpt():
     p = f.parse(f'Thought: Do I need to use a tool? Yes\nAction: Check Image Shows\n\nAction Input: "{P0}, a cat"', reg)
     assert isinstance(p, Call) and p.tool == "Check Image Shows" and p.fields == {"image": P0, "query": "a cat"}
     assert isinstance(f.parse("I think it is a cat.", reg), Malformed)
+
+
+def test_braces_in_the_request_are_text_not_template_slots():
+    for cls, reply in ((VisualChatGPT, " No\nAI: cat"), (MMReact, " cat")):
+        llm = ScriptedLLM([reply])
+        ans = agent(cls, llm).answer_batch([req(prompt="Is {input} or {agent_scratchpad} or {chat_history} shown?")])[0]
+        assert "Is {input} or {agent_scratchpad} or {chat_history} shown?" in user_text(llm.calls[0][0][0])
+        assert ans.text == "cat"

@@ -156,9 +156,12 @@ VCG_UPLOAD = (
 VCG_RECEIVED = "Received."
 
 
-def split_template(template: str, slot: str = "{agent_scratchpad}") -> tuple[str, str]:
-    head, _, tail = template.partition(slot)
-    return head, tail
+def fill_template(template: str, chat_history: str, input: str) -> tuple[str, str]:  # noqa: A002
+    """The template's text before and after ``{agent_scratchpad}``, with ``{chat_history}`` and
+    ``{input}`` filled in one pass (so braces inside the filled text are never read as slots)."""
+    head, _, tail = template.partition("{agent_scratchpad}")
+    values = {"chat_history": chat_history, "input": input}
+    return re.sub(r"\{(chat_history|input)\}", lambda m: values[m.group(1)], head), tail
 
 
 class ReActFormat(PromptFormat):
@@ -199,9 +202,7 @@ class ReActFormat(PromptFormat):
         return "\n".join(lines)
 
     def render(self, registry: ToolRegistry, demos: list[Demo], path: str, prompt: str, caption: str | None) -> tuple[str, str]:
-        text = self.system(registry)
-        text = text.replace("{chat_history}", self.history(demos, path, caption)).replace("{input}", prompt)
-        return split_template(text)
+        return fill_template(self.system(registry), self.history(demos, path, caption), prompt)
 
     def start(self) -> str:
         return ""
@@ -341,8 +342,7 @@ class WatchwordFormat(PromptFormat):
 
     def render(self, registry: ToolRegistry, demos: list[Demo], path: str, prompt: str, caption: str | None) -> tuple[str, str]:
         history = "\n".join(self._demo(d) for d in demos)
-        text = self.system(registry).replace("{chat_history}", history).replace("{input}", f"{prompt} {path}")
-        return split_template(text)
+        return fill_template(self.system(registry), history, f"{prompt} {path}")
 
     @staticmethod
     def _demo(d: Demo) -> str:
