@@ -53,6 +53,7 @@ class ImageRef:
     path: str
     image_id: str
     image: Image.Image
+    withheld: tuple[str, ...] = ()  # the sample's scored references: an oracle expert never shows them
 
 
 ToolFn = Callable[[ImageRef, ImageInput], str]
@@ -119,13 +120,14 @@ class ToolRegistry:
             raise ToolInputError(f"no image named {args.image}; images: {known}")
         return tool.fn(ref, args)
 
-    def route(self, request: str) -> AgentTool | None:
-        """MM-REACT routing: the first tool (in registry order) whose keyword occurs in the request."""
+    def route(self, request: str, fallback: str | None = None) -> AgentTool | None:
+        """MM-REACT routing: the first tool (in registry order) whose keyword occurs in the request;
+        else ``fallback`` (MM-REACT sends every other request to its image-understanding expert)."""
         low = request.lower()
         for tool in self:
             if any(re.search(rf"\b{re.escape(k)}", low) for k in tool.keywords):
                 return tool
-        return None
+        return self._tools.get(fallback.lower()) if fallback else None
 
 
 def _norm(name: str) -> str:
@@ -142,65 +144,102 @@ class AgentToolsOptions(BaseModel):
     tools: tuple[str, ...] | None = None  # names to keep (default: all available)
     scorer_threshold: float = 0.3
     max_observation_chars: int = Field(600, ge=50)
+    image_understanding: bool = False  # add MM-REACT's combined expert (caption+tags+objects+faces+OCR)
 
 
-#: ToolBox expert -> (agent-facing name, description, MM-REACT request, routing keywords).
+#: ToolBox tool -> (agent-facing name, description, MM-REACT request, routing keywords). Each is
+#: replaced by a configured expert of the same name (e.g. a DETR "Detect Objects").
 TOOLBOX_TOOLS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     (
         "object_detector",
         "Detect Objects",
-        "useful to find which objects are in the image and where; input: the image path",
+        "useful when you want to know which objects are in the image and where they are. "
+        "The input to this tool should be a string, representing the image_path.",
         "what objects do you see in this image?",
         ("object", "detect", "what is in", "count", "how many"),
     ),
     (
         "image_classifier",
         "Classify Image",
-        "useful to know the main category of the image (ImageNet labels); input: the image path",
+        "useful when you want to know the main category of the whole image (its most likely ImageNet labels). "
+        "The input to this tool should be a string, representing the image_path.",
         "what tags describe this image?",
         ("tag", "classif", "categor", "label", "kind of"),
     ),
     (
         "text_reader",
         "Read Text",
-        "useful when you need the words written in the image; input: the image path",
+        "useful when you need the words written in the image (signs, labels, pages). "
+        "The input to this tool should be a string, representing the image_path.",
         "what OCR text do you see in this image?",
         ("ocr", "text", "read", "written", "word"),
     ),
     (
         "face_detector",
         "Detect Faces",
-        "useful to find and count human faces in the image; input: the image path",
+        "useful when you want to find and count the human faces in the image. "
+        "The input to this tool should be a string, representing the image_path.",
         "what faces or people do you see in this image?",
         ("face", "people", "person", "celebrit"),
     ),
 )
 
+#: expert kind -> (MM-REACT request, routing keywords) for configured experts.
+EXPERT_REQUESTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "captioner": ("describe this image.", ("caption", "describe", "description")),
+    "reference_captions": ("describe this image.", ("caption", "describe", "description")),
+    "vqa": ("answer this question about the image: <question>", ("question",)),
+    "detector": ("what objects do you see in this image?", ("object", "detect", "count", "how many")),
+    "open_vocab_detector": ("find <things> in this image.", ("find", "locate", "where is", "where are", "look for")),
+    "ocr": ("what OCR text do you see in this image?", ("ocr", "text", "read", "written", "word")),
+    "classifier": ("what tags describe this image?", ("tag", "classif", "categor", "label", "kind of")),
+}
+
 SCORER_TOOL = "Check Image Shows"
+IMAGE_UNDERSTANDING = "Image Understanding"
 
 
 def build_registry(backbones: "Backbones", options: AgentToolsOptions = AgentToolsOptions()) -> ToolRegistry:
-    """The agent's tools over the run's shared ToolBox and scorer (nothing is loaded here)."""
+    """The agent's tools: the packaged ToolBox tools, the run's configured experts (an expert named like a
+    packaged tool replaces it), the scorer, and (MM-REACT) the combined image-understanding expert first."""
     limit = options.max_observation_chars
+    experts = getattr(backbones, "experts", None)
+    configured = {e.name.lower() for e in experts} if experts is not None else set()
     tools: list[AgentTool] = []
     available = set(backbones.tools.names)  # constructing the ToolBox loads no model
     for box_name, name, desc, request, keywords in TOOLBOX_TOOLS:
-        if box_name not in available:
+        if box_name not in available or name.lower() in configured:
             continue
         tools.append(
             AgentTool(name, desc, ImageInput, _toolbox_fn(backbones, box_name, limit), request, keywords)
         )
+    for expert in experts or ():
+        request, keywords = EXPERT_REQUESTS.get(expert.kind, ("describe this image.", ()))
+        args = ImageQueryInput if expert.kind in ("vqa", "open_vocab_detector") else ImageInput
+        tools.append(AgentTool(expert.name, expert.description, args, _expert_fn(backbones, expert.name, limit),
+                               request, keywords))
     tools.append(
         AgentTool(
             SCORER_TOOL,
-            "useful to check whether the image shows something; input: the image path, a comma, then the thing",
+            "useful when you want to check whether the image shows something. The input to this tool should be "
+            "a comma separated string of two, representing the image_path and the thing to check",
             ImageQueryInput,
             _scorer_fn(backbones, options.scorer_threshold),
             "does this image show <thing>?",
             ("show", "contain", "is there", "are there"),
         )
     )
-    # A captioner / VQA expert exists only when configured; the offline default has neither (BRIEF §5).
+    if options.image_understanding:
+        tools.insert(0, AgentTool(
+            IMAGE_UNDERSTANDING,
+            "useful when you want to know what is in the image: its description, tags, objects with their "
+            "locations, faces and text, in one answer. The input to this tool should be a string, representing "
+            "the image_path.",
+            ImageInput,
+            _understanding_fn(backbones, limit * 2),
+            "what objects do you see in this image?",
+            ("objects", "what do you see", "what is in", "describe", "description", "tags"),
+        ))
     if options.tools is not None:
         keep = {n.lower() for n in options.tools}
         unknown = keep - {t.name.lower() for t in tools}
@@ -215,6 +254,24 @@ def _toolbox_fn(backbones: "Backbones", box_name: str, limit: int) -> ToolFn:
         out = backbones.tools.run(box_name, ref.image_id, ref.image)
         text = out.to_text() if hasattr(out, "to_text") else str(out)
         return _clip(text.strip() or "nothing found", limit)
+
+    return call
+
+
+def _expert_fn(backbones: "Backbones", name: str, limit: int) -> ToolFn:
+    def call(ref: ImageRef, args: ImageInput) -> str:
+        query = args.query if isinstance(args, ImageQueryInput) else ""
+        out = backbones.experts.run(name, ref.image, query, withheld=ref.withheld)
+        return _clip(out.text.strip() or "nothing found", limit)
+
+    return call
+
+
+def _understanding_fn(backbones: "Backbones", limit: int) -> ToolFn:
+    from harness.experts.understanding import image_understanding
+
+    def call(ref: ImageRef, args: ImageInput) -> str:
+        return _clip(image_understanding(backbones, ref), limit)
 
     return call
 

@@ -57,6 +57,13 @@ class Backbones:
         return ToolBox()
 
     @cached_property
+    def experts(self) -> Any:
+        """The configured vision experts (harness/experts), shared by agents and converters; loads nothing."""
+        from harness.experts import build_experts
+
+        return build_experts(self.config.experts, tools=lambda: self.tools)
+
+    @cached_property
     def conversion_cache(self) -> Any:
         """Image -> text conversions shared by every text-conversion variant of the run."""
         from harness.models.converters import ConversionCache
@@ -108,7 +115,7 @@ class Backbones:
 
     def loaded(self) -> list[str]:
         """Which backbones were actually loaded (for the run log)."""
-        return [k for k in ("llm", "text_embedder", "tools", "scorer", "vision_encoder") if k in self.__dict__]
+        return [k for k in ("llm", "text_embedder", "tools", "experts", "scorer", "vision_encoder") if k in self.__dict__]
 
     # ------------------------------------------------------------ fingerprints
     def fingerprints(self) -> dict[str, str]:
@@ -122,6 +129,10 @@ class Backbones:
         tools = ToolBox()
         fp["text_embedder"] = embedder.fingerprint()
         fp["tools"] = tools.fingerprint()
+        if c.experts:  # configured experts are read wherever the packaged tools are (agents, converters)
+            from harness.experts import build_experts
+
+            fp["tools"] += f"; experts=[{build_experts(c.experts).fingerprint()}]"
         if c.scorer.kind == "open_clip":
             from harness.models.scorer import OpenClipScorer
 

@@ -18,6 +18,8 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
+from harness.experts import ExpertSpec
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -129,6 +131,17 @@ class ModelsConfig(Strict):
     scorer: ScorerSource = ScorerSource()
     text_embedder: TextEmbedderSource = TextEmbedderSource()
     vision_encoder: VisionEncoderSource = VisionEncoderSource()
+    # Vision experts shared by the tool agents (as tools) and text conversion (as converters);
+    # see harness/experts. Empty: the packaged offline tools only.
+    experts: tuple[ExpertSpec, ...] = ()
+
+    @field_validator("experts")
+    @classmethod
+    def _unique_expert_names(cls, v: tuple[Any, ...]) -> tuple[Any, ...]:
+        from harness.experts import check_names
+
+        check_names(v)
+        return v
 
 
 class GenerationConfig(Strict):
@@ -218,6 +231,8 @@ class RunConfig(Strict):
         for t in d.get("tasks", []):
             if not t.get("support_options"):
                 t.pop("support_options", None)  # added later: older configs keep their hash
+        if not d.get("models", {}).get("experts", True):
+            d["models"].pop("experts")  # none configured: older configs keep their hashes
         return d
 
     def config_hash(self) -> str:

@@ -100,6 +100,13 @@ def _unit_params(r: UnitResult, config_hash: str) -> dict[str, Any]:
     }
 
 
+def _perception(runner: Runner, r: UnitResult) -> dict[str, Any]:
+    """``perception`` (oracle / experts / packaged) and ``experts`` (name=kind:model; ...) of paradigms
+    that read vision experts, so a report can tell an oracle run from a real one."""
+    setup = getattr(runner.instance(r.unit.paradigm), "perception_setup", None)
+    return setup() if setup is not None else {}
+
+
 def _unit_metrics(r: UnitResult) -> dict[str, float]:
     m: dict[str, float] = {}
     for k, v in r.metrics.values.items():
@@ -210,7 +217,7 @@ def run_evaluation(
 
     def _log_child(r: UnitResult) -> None:
         child = tracker.start_child(parent, r.unit.name, _unit_tags(r))
-        tracker.log_params(child, _unit_params(r, config_hash))
+        tracker.log_params(child, {**_unit_params(r, config_hash), **_perception(runner, r)})
         tracker.log_metrics(child, _unit_metrics(r))
         tracker.log_json(child, {"unavailable": dict(r.metrics.unavailable), "ci": {k: list(v) for k, v in r.metrics.ci.items()}}, "metrics_detail.json")
         tracker.log_table(child, r.rows, "predictions.jsonl")

@@ -54,6 +54,8 @@ class Request:
     question: str = ""
     max_new_tokens: int = 16
     meta: Mapping[str, Any] = field(default_factory=dict)  # the dataset's extra fields (e.g. ScienceQA hint)
+    #: the sample's scored references/answers: an oracle expert never shows them (harness/experts)
+    withheld: tuple[str, ...] = ()
 
 
 class RetryableFailure(RuntimeError):

@@ -529,6 +529,7 @@ class Runner:
             question=clean_text(s.question),
             max_new_tokens=unit.task.spec.max_new_tokens,
             meta=dict(s.meta),
+            withheld=(*s.references, *s.answers, *((s.gold_text,) if s.choices else ())),
         )
 
     def _answer(self, paradigm: Paradigm, requests: list[Request]) -> list[Answer]:

