@@ -193,17 +193,20 @@ def score_captioning(annotations, predictions, as_json, bootstrap, log_mlflow, t
 @click.option("--questions", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False), help="Official results JSON: [{question_id, answer}].")
+@click.option("--mode", type=click.Choice(["vqaeval", "evalai"]), default="vqaeval", show_default=True,
+              help="vqaeval: exactly the official vqaEval.py; evalai: the prediction is always normalised first.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object ('overall' in percent).")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--log-mlflow", is_flag=True)
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None)
-def score_vqa_cmd(questions, annotations, predictions, as_json, bootstrap, log_mlflow, tracking_uri) -> None:
+def score_vqa_cmd(questions, annotations, predictions, mode, as_json, bootstrap, log_mlflow, tracking_uri) -> None:
     from tasks.metrics.external import score_vqa_results
 
     try:
-        report = score_vqa_results(questions, annotations, predictions, n_boot=bootstrap)
+        report = score_vqa_results(questions, annotations, predictions, mode=mode, n_boot=bootstrap)
     except (ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
+    click.echo(f"VQA accuracy mode: {mode}", err=True)
     _print_metrics(report, as_json)
     if log_mlflow:
         _log_external("vqa", predictions, report, tracking_uri)
