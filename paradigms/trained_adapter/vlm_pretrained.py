@@ -80,30 +80,42 @@ class VlmPretrained(Paradigm):
     def prepare(self) -> None:
         if self.model is not None:
             return
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
+
+        processor, model, device = self._load(
+            AutoModelForImageTextToText, "image-text model", "AutoModelForImageTextToText + AutoProcessor"
+        )
+        if not getattr(processor, "chat_template", None):
+            raise ModelUnavailable(
+                f"option 'model': the processor of {self.options.model!r} has no chat template, so images and "
+                "demonstrations cannot be placed in the prompt"
+            )
+        self._ready(processor, model, device, _END_OF_TURN)
+
+    def _load(self, model_cls: Any, what: str, saved: str) -> tuple[Any, Any, Any]:
+        """(processor, model, device) for the ``model`` option; a failure names the option and what to give."""
+        from transformers import AutoProcessor
 
         o = self.options
         name, rev, _ = o.source()
         if o.trust_remote_code:
-            log.warning("vlm_pretrained: trust_remote_code=true runs code shipped with %r", o.model)
+            log.warning("%s: trust_remote_code=true runs code shipped with %r", self.variant, o.model)
         device = resolve_device(o.device)
         kwargs: dict[str, Any] = {"trust_remote_code": o.trust_remote_code}
         if rev:
             kwargs["revision"] = rev
         try:
             processor = AutoProcessor.from_pretrained(name, **kwargs)
-            model = AutoModelForImageTextToText.from_pretrained(name, dtype=_resolve_dtype(o.dtype, device), **kwargs)
+            model = model_cls.from_pretrained(name, dtype=_resolve_dtype(o.dtype, device), **kwargs)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelUnavailable(
-                f"option 'model': cannot load the image-text model {o.model!r}: {exc}. Give a local folder "
-                "with a saved AutoModelForImageTextToText + AutoProcessor, or a hub id (id@revision) on a "
-                "machine with hub access."
+                f"option 'model': cannot load the {what} {o.model!r}: {exc}. Give a local folder "
+                f"with a saved {saved}, or a hub id (id@revision) on a machine with hub access."
             ) from exc
-        if not getattr(processor, "chat_template", None):
-            raise ModelUnavailable(
-                f"option 'model': the processor of {o.model!r} has no chat template, so images and "
-                "demonstrations cannot be placed in the prompt"
-            )
+        return processor, model, device
+
+    def _ready(self, processor: Any, model: Any, device: Any, end_tokens: Sequence[str]) -> None:
+        """Left padding, the end-of-answer ids (EOS + ``end_tokens`` the vocabulary has), model on its device."""
         tok = processor.tokenizer
         tok.padding_side = "left"
         if tok.pad_token is None:
@@ -113,7 +125,7 @@ class VlmPretrained(Paradigm):
         if tok.eos_token_id is not None:
             ids.add(tok.eos_token_id)
         vocab = tok.get_vocab()
-        ids.update(vocab[t] for t in _END_OF_TURN if t in vocab)
+        ids.update(vocab[t] for t in end_tokens if t in vocab)
         self._eos = sorted(ids)
         self.processor = processor
         self.model = model.to(device).eval()
