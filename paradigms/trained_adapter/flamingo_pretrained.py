@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 
 from harness.interface import Answer, Request, Timer
-from harness.models.llm import ModelUnavailable, cut_at_stop
+from harness.models.llm import ModelUnavailable
 from harness.registry import register_paradigm
 from paradigms.trained_adapter.vlm_pretrained import VlmPretrained, VlmPretrainedOptions
 
@@ -136,31 +136,14 @@ class FlamingoPretrained(VlmPretrained):
         prompts = [rendered[i][0] for i in idx]
         with Timer() as t:
             enc = self.processor(text=prompts, return_tensors="pt", padding="longest", add_end_of_utterance_token=False)
-            enc = enc.to(self.model.device)
-            for k, v in enc.items():
-                if torch.is_tensor(v) and v.is_floating_point():
-                    enc[k] = v.to(self.model.dtype)
-            seqs = self.model.generate(
-                **enc,
-                max_new_tokens=max(self._max_new(requests[i]) for i in idx),
-                do_sample=False,
-                eos_token_id=self._eos or None,
-                pad_token_id=self.processor.tokenizer.pad_token_id,
-                bad_words_ids=self._bad,
-            )
-        n_in = enc["input_ids"].shape[1]
-        seqs = seqs[:, n_in:]
+            enc, seqs = self._generate(enc, [requests[i] for i in idx], bad_words_ids=self._bad)
         tok = self.processor.tokenizer
         image_id = tok.convert_tokens_to_ids("<image>")
-        eos = set(self._eos)
         for b, i in enumerate(idx):
-            ids = seqs[b].tolist()[: self._max_new(requests[i])]
-            end = next((j for j, x in enumerate(ids) if x in eos), None)
-            ids = ids if end is None else ids[: end + 1]
-            text, _ = cut_at_stop(tok.decode(ids, skip_special_tokens=True), self.generation.stop)
+            ids, text = self._decode(seqs[b], requests[i])
             prompt_ids = enc["input_ids"][b][enc["attention_mask"][b].bool()]
             out[i] = Answer(
-                text=text.strip(),
+                text=text,
                 latency_s=t.elapsed / len(idx),
                 llm_tokens_in=int(enc["attention_mask"][b].sum()),
                 llm_tokens_out=len(ids),
