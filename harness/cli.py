@@ -249,19 +249,22 @@ def score_captioning(annotations, predictions, as_json, bootstrap, log_mlflow, t
 @click.option("--questions", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False), help="Official results JSON: [{question_id, answer}].")
+@click.option("--mode", type=click.Choice(["vqaeval", "evalai"]), default="vqaeval", show_default=True,
+              help="vqaeval: exactly the official vqaEval.py; evalai: the prediction is always normalised first.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object ('overall' in percent).")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--log-mlflow", is_flag=True)
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None)
 @click.option("--missing", type=click.Choice(["error", "empty"]), default="error", show_default=True,
-              help="Questions without a result: an error, or scored as empty answers.")
-def score_vqa_cmd(questions, annotations, predictions, as_json, bootstrap, log_mlflow, tracking_uri, missing) -> None:
+              help="Questions without a result: an error, or counted as failed answers (0).")
+def score_vqa_cmd(questions, annotations, predictions, mode, as_json, bootstrap, log_mlflow, tracking_uri, missing) -> None:
     from tasks.metrics.external import score_vqa_results
 
     try:
-        report = score_vqa_results(questions, annotations, predictions, n_boot=bootstrap, missing=missing)
+        report = score_vqa_results(questions, annotations, predictions, mode=mode, n_boot=bootstrap, missing=missing)
     except (ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
+    click.echo(f"VQA accuracy mode: {mode}", err=True)
     _print_metrics(report, as_json)
     if log_mlflow:
         _log_external("vqa", predictions, report, tracking_uri)

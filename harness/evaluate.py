@@ -70,6 +70,12 @@ def reproducibility(config: RunConfig, runner: Runner) -> dict[str, Any]:
     }
 
 
+def _run_vqa_mode() -> str:
+    from tasks.metrics import RUN_VQA_MODE
+
+    return RUN_VQA_MODE
+
+
 def _unit_params(r: UnitResult, config_hash: str) -> dict[str, Any]:
     u = r.unit
     ds = u.task.dataset
@@ -81,6 +87,7 @@ def _unit_params(r: UnitResult, config_hash: str) -> dict[str, Any]:
         "task": u.task.spec.name,
         "task_kind": u.task.spec.kind,
         "metric_family": u.task.spec.metric,
+        **({"vqa_mode": _run_vqa_mode()} if u.task.spec.metric == "vqa_accuracy" else {}),
         "shots": u.shots,
         "trial": u.trial,
         "dataset": ds.name,

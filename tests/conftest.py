@@ -74,6 +74,9 @@ class MemoEncoder:
     def fingerprint(self) -> str:
         return self.encoder.fingerprint()
 
+    def __getattr__(self, name: str):  # preprocess, device, ...: the real encoder's
+        return getattr(self.encoder, name)
+
     def features(self, images):
         keys = [hashlib.sha256(im.tobytes()).hexdigest() + str(im.size) for im in images]
         todo = {k: im for k, im in zip(keys, images) if k not in self.memo}

@@ -14,10 +14,12 @@ from tasks.metrics.tokenize import find_java
 GOLDEN = Path(__file__).parent / "golden"
 
 
-def _score(*args: str) -> dict:
+def _score(*args: str, stderr: list[str] | None = None) -> dict:
     r = subprocess.run([sys.executable, "-m", "harness.cli", "score", *args, "--json", "--bootstrap", "50"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    if stderr is not None:
+        stderr.append(r.stderr)
     return json.loads(r.stdout)
 
 
@@ -51,6 +53,19 @@ def test_score_vqa_json_equals_official_evaluation(tmp_path):
     results = [{"question_id": c["question_id"], "answer": c["prediction"]} for c in cases]
     for name, obj in (("q.json", questions), ("a.json", annotations), ("r.json", results)):
         (tmp_path / name).write_text(json.dumps(obj))
-    out = _score("vqa", "--questions", str(tmp_path / "q.json"), "--annotations", str(tmp_path / "a.json"),
-                 "--predictions", str(tmp_path / "r.json"))
-    assert round(out["overall"], 2) == g["aggregate"]["evalai"]["overall"]
+    files = ("--questions", str(tmp_path / "q.json"), "--annotations", str(tmp_path / "a.json"),
+             "--predictions", str(tmp_path / "r.json"))
+    empty = [c for c in cases if not c["prediction"].strip()]
+    unanimous = [c for c in cases if len(set(c["answers"])) == 1]
+    assert len(empty) >= 5 and len(unanimous) >= 8  # the golden holds the cases the CLI must get right
+    for mode, args in (("vqaeval", ()), ("vqaeval", ("--mode", "vqaeval")), ("evalai", ("--mode", "evalai"))):
+        err: list[str] = []
+        out = _score("vqa", *files, *args, stderr=err)
+        official = g["aggregate"][mode]
+        assert round(out["overall"], 2) == official["overall"], mode
+        for t, v in official["perAnswerType"].items():
+            assert round(out[f"perAnswerType/{t}"], 2) == v
+        assert out["info"]["mode"] == mode and f"mode: {mode}" in err[0]
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "score", "vqa", *files, "--mode", "lenient"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "vqaeval" in r.stderr

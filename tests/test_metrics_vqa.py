@@ -104,9 +104,25 @@ def test_scoring_does_not_mutate_inputs_and_is_repeatable():
     assert a.values == b.values and a.ci == b.ci
 
 
-def test_empty_prediction_is_wrong_even_if_a_human_answer_normalises_to_empty():
-    assert score_vqa({1: ["the"] * 4 + ["a"] * 6}, {1: ""}, n_boot=0).values["overall"] == 0.0
-    assert vqa_accuracy("the", ["the"] * 4 + ["a"] * 6) == 1.0  # the official comparison itself
+@pytest.mark.parametrize("mode", ["vqaeval", "evalai"])
+def test_empty_prediction_scored_as_the_official_script_in_both_modes(mode):
+    empty = [c for c in CASES if not c["prediction"].strip()]
+    assert {c["expected_vqaeval"] for c in empty} >= {0.0, 30.0, 90.0, 100.0}  # the golden covers all outcomes
+    data = {c["question_id"]: c["answers"] for c in empty}
+    r = score_vqa(data, {c["question_id"]: c["prediction"] for c in empty}, mode=mode, n_boot=0)
+    assert [round(x, 2) for x in r.per_sample["overall"]] == [c[f"expected_{mode}"] for c in empty]
+
+
+def test_run_path_scores_an_empty_prediction_as_a_failure():
+    """In ``mmbench run`` an empty string is what a failed sample leaves: it counts wrong, and the
+    metric says which rule and mode it used."""
+    assert score_vqa({1: [""] * 10}, {1: ""}, n_boot=0).values["overall"] == 100.0  # official
+    r = score_vqa({1: [""] * 10}, {1: ""}, empty="wrong", n_boot=0)
+    assert r.values["overall"] == 0.0 and "failed" in r.info["empty_prediction"]
+    r = METRICS["vqa_accuracy"]([_sample(0, ["the"] * 4 + ["a"] * 6)], [""], n_boot=0)
+    assert r.values["overall"] == 0.0 and r.info["mode"] == "evalai"
+    with pytest.raises(ValueError, match="empty"):
+        score_vqa({1: ["x"] * 10}, {1: ""}, empty="lenient", n_boot=0)  # type: ignore[arg-type]
 
 
 def _sample(i: int, answers: list[str], **meta) -> Sample:
@@ -155,6 +171,13 @@ def test_official_file_checks(tmp_path):
         score_vqa_results(qp, ap, rp)
     r = score_vqa_results(qp, ap, rp, missing="empty", n_boot=0)
     assert r.values["overall"] == 50.0 and r.values["perQuestionType/what"] == 50.0
+    assert r.info["mode"] == "vqaeval" and r.info["n_failed"] == "1"
+    # a question with no result is a failure even where the humans left the answer empty
+    a["annotations"][1]["answers"] = [{"answer": "", "answer_id": k} for k in range(10)]
+    qp, ap, rp = _write_official(tmp_path, q, a, [{"question_id": 1, "answer": "red"}])
+    assert score_vqa_results(qp, ap, rp, missing="empty", n_boot=0).values["overall"] == 50.0
+    rp.write_text(json.dumps([{"question_id": 1, "answer": "red"}, {"question_id": 2, "answer": ""}]))
+    assert score_vqa_results(qp, ap, rp, n_boot=0).values["overall"] == 100.0  # an empty *answer* matches
     rp.write_text(json.dumps([{"question_id": i, "answer": "red"} for i in (1, 2, 3)]))
     with pytest.raises(ValueError, match="not in the annotations"):
         score_vqa_results(qp, ap, rp)

@@ -153,6 +153,7 @@ def test_compare_two_paradigms_with_the_paired_test(report_store):
     for r in runs:  # latest run per paradigm
         by_paradigm.setdefault(r.data.tags["mmbench.paradigm"], r)
     a, b = by_paradigm["text_conversion/pica"], by_paradigm["text_conversion/promptcap"]
+    assert a.data.params["vqa_mode"] == b.data.params["vqa_mode"] == "evalai"  # every VQA result says its mode
     res = CliRunner().invoke(main, ["compare", a.info.run_id, b.info.run_id, "--results-dir", str(report_store["results"]),
                                     "--bootstrap", "500"])
     assert res.exit_code == 0, res.output

@@ -27,15 +27,45 @@ class ConnectorOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _omit_defaults(model: BaseModel, out: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """Drop options added later while they hold their default, so keys made before them stay valid."""
+    for name in names:
+        if getattr(model, name) == type(model).model_fields[name].default:
+            out.pop(name, None)
+    return out
+
+
 class FrozenOptions(ConnectorOptions):
-    """Frozen (Tsimpoukelli et al. 2021): pooled visual features -> ``n_prefix`` embeddings."""
+    """Frozen (Tsimpoukelli et al. 2021): the vision encoder is trained, its pooled output -> ``n_prefix`` embeddings.
+
+    ``encoder``: "last" trains a copy of the encoder's last ``encoder_blocks`` blocks and head
+    (the default, sized for CPU); "all" the whole encoder, as the paper; "fixed" keeps the encoder
+    frozen and trains only the linear map — the ablation, whose options dump (hence keys) is
+    exactly that of the connector before the encoder could be trained.
+    """
 
     kind: Literal["frozen"] = "frozen"
     n_prefix: int = Field(2, ge=1, le=64)
+    encoder: Literal["last", "all", "fixed"] = "last"
+    encoder_blocks: int = Field(4, ge=1, le=64)
+
+    @model_serializer(mode="wrap")
+    def _legacy_dump(self, handler: Callable[["FrozenOptions"], dict[str, Any]]) -> dict[str, Any]:
+        out = handler(self)
+        if self.encoder != "last":
+            out.pop("encoder_blocks", None)
+        if self.encoder == "fixed":
+            out.pop("encoder", None)
+        return out
 
 
 class FlamingoOptions(ConnectorOptions):
-    """Flamingo (Alayrac et al. 2022): Perceiver Resampler + tanh-gated cross-attention blocks."""
+    """Flamingo (Alayrac et al. 2022): Perceiver Resampler + tanh-gated cross-attention blocks.
+
+    Defaults are CPU-sized; the paper / OpenFlamingo values are in ``PAPER_FLAMINGO`` (64 latents,
+    6 resampler layers, heads 8 × 64, feed-forward ×4, a block before every layer for 3B-class
+    models, feed-forward applied to every token, an end-of-chunk token after each example).
+    """
 
     kind: Literal["flamingo"] = "flamingo"
     n_latents: int = Field(16, ge=1, le=256)
@@ -45,6 +75,26 @@ class FlamingoOptions(ConnectorOptions):
     #: A gated cross-attention block is run before every ``xattn_every``-th LLM layer (0, N, 2N…).
     xattn_every: int = Field(15, ge=1)
     ff_mult: int = Field(2, ge=1, le=8)
+    #: Width of one attention head (resampler and cross-attention); 0: ``dim // heads`` (Flamingo: 64).
+    dim_head: int = Field(0, ge=0, le=512)
+    #: "after_image": the block's feed-forward is zeroed on text before any image (the block then
+    #: leaves that text exactly as the frozen LLM has it); "all": applied to every token, as in
+    #: OpenFlamingo's GatedCrossAttentionBlock (only the cross-attention output is masked there).
+    ff_scope: Literal["after_image", "all"] = "after_image"
+    #: Flamingo's <EOC> / OpenFlamingo's <|endofchunk|>: a learned embedding after each
+    #: image–text example of an interleaved sequence (training and demonstrations).
+    end_of_chunk: bool = False
+
+    @model_serializer(mode="wrap")
+    def _legacy_dump(self, handler: Callable[["FlamingoOptions"], dict[str, Any]]) -> dict[str, Any]:
+        return _omit_defaults(self, handler(self), ("dim_head", "ff_scope", "end_of_chunk"))
+
+
+#: Flamingo-3B / OpenFlamingo-3B sizes (resampler width = the CLIP ViT-L/14 feature width, 1024).
+PAPER_FLAMINGO: dict[str, Any] = {
+    "n_latents": 64, "resampler_depth": 6, "resampler_dim": 1024, "heads": 8, "dim_head": 64, "ff_mult": 4,
+    "xattn_every": 1, "ff_scope": "all", "end_of_chunk": True,
+}
 
 
 class Blip2Stage1Options(BaseModel):
@@ -161,16 +211,28 @@ class PrefixConnector(nn.Module):
 
 
 class FrozenPrefix(PrefixConnector):
-    """Frozen's visual prefix: one linear map from the pooled feature to ``n`` LLM embeddings.
+    """Frozen's visual prefix: the (trained) encoder's pooled output, one linear map to ``n`` embeddings.
 
-    Frozen trained the vision encoder itself; here the encoder stays frozen (offline CPU budget)
-    and the map sees layer-normalised pooled features.
+    With ``encoder`` "last"/"all" the connector holds a trainable copy of the encoder's tail
+    (:class:`EncoderTail`) and receives the frozen front's activations; with "fixed" it receives
+    the frozen encoder's last feature map. The map sees layer-normalised pooled features.
     """
 
-    def __init__(self, opts: FrozenOptions, feature_dim: int, d_model: int, emb_std: float) -> None:
+    def __init__(
+        self, opts: FrozenOptions, feature_dim: int, d_model: int, emb_std: float, encoder_model: Any = None
+    ) -> None:
         super().__init__()
         self.n = opts.n_prefix
         self.d_model = d_model
+        self.encoder_tail: nn.Module | None = None
+        if opts.encoder != "fixed":
+            from paradigms.trained_adapter.encoder_tail import EncoderTail, first_trained_block
+
+            if encoder_model is None:
+                raise ValueError("Frozen with a trained encoder needs the encoder to copy")
+            self.encoder_tail = EncoderTail(
+                encoder_model, first_trained_block(encoder_model, opts.encoder, opts.encoder_blocks)
+            )
         self.norm = nn.LayerNorm(feature_dim, elementwise_affine=False)
         self.proj = nn.Linear(feature_dim, self.n * d_model)
         _init_to_scale(self.proj, emb_std)
@@ -179,7 +241,10 @@ class FrozenPrefix(PrefixConnector):
         return self.n
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        pooled = feats.float().mean(dim=(2, 3))
+        x = feats.float()
+        if self.encoder_tail is not None:
+            x = self.encoder_tail(x)
+        pooled = x.mean(dim=(2, 3))
         return self.proj(self.norm(pooled)).view(-1, self.n, self.d_model)
 
 
@@ -269,11 +334,15 @@ class _FeedForward(nn.Sequential):
 class _PerceiverLayer(nn.Module):
     """Latents attend to [features ; latents] (keys/values), as in Flamingo's resampler."""
 
-    def __init__(self, d: int, heads: int, ff_mult: int) -> None:
+    def __init__(self, d: int, heads: int, ff_mult: int, dim_head: int = 0) -> None:
         super().__init__()
         self.norm_x = nn.LayerNorm(d)
         self.norm_l = nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True, bias=False)
+        if dim_head and dim_head * heads != d:
+            # Flamingo's heads × dim_head inner width (512) differs from the latent width (1024)
+            self.attn: nn.Module = _InnerAttention(d, heads, dim_head)
+        else:
+            self.attn = nn.MultiheadAttention(d, heads, batch_first=True, bias=False)
         self.ff = _FeedForward(d, ff_mult)
 
     def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
@@ -283,14 +352,38 @@ class _PerceiverLayer(nn.Module):
         return latents + self.ff(latents)
 
 
+class _InnerAttention(nn.Module):
+    """Multi-head attention whose inner width is ``heads × dim_head`` (not the model width)."""
+
+    def __init__(self, d: int, heads: int, dim_head: int) -> None:
+        super().__init__()
+        self.heads, self.dim_head = heads, dim_head
+        inner = heads * dim_head
+        self.to_q = nn.Linear(d, inner, bias=False)
+        self.to_kv = nn.Linear(d, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, d, bias=False)
+
+    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor, _v: torch.Tensor, need_weights: bool = False) -> tuple:
+        B, Tq, _ = q_in.shape
+        h, dh = self.heads, self.dim_head
+        q = self.to_q(q_in).view(B, Tq, h, dh).transpose(1, 2)
+        k, v = self.to_kv(kv_in).chunk(2, dim=-1)
+        k = k.view(B, -1, h, dh).transpose(1, 2)
+        v = v.view(B, -1, h, dh).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(B, Tq, h * dh)), None
+
+
 class PerceiverResampler(nn.Module):
     """Any number of spatial features -> a fixed number of latents (no time embedding: one frame)."""
 
-    def __init__(self, feature_dim: int, d: int, n_latents: int, depth: int, heads: int, ff_mult: int) -> None:
+    def __init__(
+        self, feature_dim: int, d: int, n_latents: int, depth: int, heads: int, ff_mult: int, dim_head: int = 0
+    ) -> None:
         super().__init__()
         self.inp = nn.Linear(feature_dim, d)
         self.latents = nn.Parameter(torch.randn(n_latents, d) * 0.02)
-        self.layers = nn.ModuleList(_PerceiverLayer(d, heads, ff_mult) for _ in range(depth))
+        self.layers = nn.ModuleList(_PerceiverLayer(d, heads, ff_mult, dim_head) for _ in range(depth))
         self.norm = nn.LayerNorm(d)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
@@ -308,10 +401,13 @@ class GatedCrossAttentionBlock(nn.Module):
     (``media_idx`` ≥ 0); positions with no preceding image receive exactly nothing.
     """
 
-    def __init__(self, d_model: int, d_media: int, heads: int, ff_mult: int) -> None:
+    def __init__(
+        self, d_model: int, d_media: int, heads: int, ff_mult: int, dim_head: int = 0, ff_all: bool = False
+    ) -> None:
         super().__init__()
         self.heads = heads
-        self.head_dim = max(1, d_model // heads)
+        self.head_dim = dim_head or max(1, d_model // heads)
+        self.ff_all = ff_all
         inner = self.heads * self.head_dim
         self.norm = nn.LayerNorm(d_model)
         self.to_q = nn.Linear(d_model, inner, bias=False)
@@ -338,7 +434,8 @@ class GatedCrossAttentionBlock(nn.Module):
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=safe.unsqueeze(1))
         attn = self.to_out(attn.transpose(1, 2).reshape(B, T, h * dh)) * has_media
         x = x + torch.tanh(self.attn_gate).to(x.dtype) * attn
-        return x + torch.tanh(self.ff_gate).to(x.dtype) * (self.ff(x) * has_media)
+        ff = self.ff(x) if self.ff_all else self.ff(x) * has_media
+        return x + torch.tanh(self.ff_gate).to(x.dtype) * ff
 
 
 class FlamingoConnector(nn.Module):
@@ -349,14 +446,21 @@ class FlamingoConnector(nn.Module):
     def __init__(self, opts: FlamingoOptions, feature_dim: int, d_model: int, n_layers: int, emb_std: float) -> None:
         super().__init__()
         self.resampler = PerceiverResampler(
-            feature_dim, opts.resampler_dim, opts.n_latents, opts.resampler_depth, opts.heads, opts.ff_mult
+            feature_dim, opts.resampler_dim, opts.n_latents, opts.resampler_depth, opts.heads, opts.ff_mult,
+            opts.dim_head,
         )
         self.layer_ids = tuple(range(0, n_layers, opts.xattn_every))
         self.blocks = nn.ModuleList(
-            GatedCrossAttentionBlock(d_model, opts.resampler_dim, opts.heads, opts.ff_mult) for _ in self.layer_ids
+            GatedCrossAttentionBlock(
+                d_model, opts.resampler_dim, opts.heads, opts.ff_mult, opts.dim_head, ff_all=opts.ff_scope == "all"
+            )
+            for _ in self.layer_ids
         )
         # Flamingo adds a trainable <image> token to the frozen vocabulary; it marks where an image is.
         self.image_token = nn.Parameter(torch.randn(1, d_model) * emb_std)
+        # ... and <EOC> (OpenFlamingo: <|endofchunk|>) after each example of an interleaved sequence.
+        # Drawn after the other weights, so connectors without it initialise exactly as before.
+        self.eoc_token = nn.Parameter(torch.randn(1, d_model) * emb_std) if opts.end_of_chunk else None
 
     def tokens_per_image(self) -> int:
         return 1
@@ -365,11 +469,13 @@ class FlamingoConnector(nn.Module):
         return self.resampler(feats)
 
 
-def build_connector(opts: AnyConnectorOptions, feature_dim: int, llm_config: object, emb_std: float) -> nn.Module:
-    """The connector for ``opts`` sized to the LLM (hidden size, layer count)."""
+def build_connector(
+    opts: AnyConnectorOptions, feature_dim: int, llm_config: object, emb_std: float, encoder_model: Any = None
+) -> nn.Module:
+    """The connector for ``opts`` sized to the LLM (hidden size, layer count); Frozen copies ``encoder_model``'s tail."""
     d_model = int(getattr(llm_config, "hidden_size"))
     if isinstance(opts, FrozenOptions):
-        return FrozenPrefix(opts, feature_dim, d_model, emb_std)
+        return FrozenPrefix(opts, feature_dim, d_model, emb_std, encoder_model)
     if isinstance(opts, FlamingoOptions):
         return FlamingoConnector(opts, feature_dim, d_model, int(getattr(llm_config, "num_hidden_layers")), emb_std)
     if isinstance(opts, Blip2Options):

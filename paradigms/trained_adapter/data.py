@@ -1,7 +1,8 @@
 """Caption training data and frozen-encoder features for the adapter paradigm.
 
-The vision encoder is frozen, so its features are computed once per image (keyed by image id) and
-reused for every training step; the training set's features are also stored next to the adapter
+The run's vision encoder is frozen, so its features — or, for Frozen's trained encoder tail, the
+frozen front's activations — are computed once per image (keyed by image id) and reused for every
+training step; the training set's features are also stored next to the adapter
 checkpoint so an interrupted training resumes without re-encoding.
 """
 

@@ -36,7 +36,15 @@ class Target:
     text: str
 
 
-Piece = str | Image | Target
+@dataclass(frozen=True)
+class EndOfChunk:
+    """The end of one image–text example in an interleaved sequence (Flamingo's <EOC>).
+
+    Embedded as the connector's learned ``eoc_token`` when it has one; connectors without it skip it.
+    """
+
+
+Piece = str | Image | Target | EndOfChunk
 
 
 @dataclass
@@ -109,6 +117,14 @@ class MultimodalLM:
                     media_idx += [current] * emb.shape[0]
                     labels += [-100] * emb.shape[0]
                     nv += emb.shape[0]
+                    continue
+                if isinstance(piece, EndOfChunk):
+                    eoc = getattr(self.connector, "eoc_token", None)
+                    if eoc is not None:
+                        pieces.append(eoc.to(dtype))
+                        media_idx.append(current)
+                        labels.append(-100)
+                        nt += 1
                     continue
                 text = piece.text if isinstance(piece, Target) else piece
                 ids = self.tok(text, add_special_tokens=False).input_ids

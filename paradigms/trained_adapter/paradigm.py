@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -34,7 +34,7 @@ from paradigms.trained_adapter.connectors import (
 )
 from paradigms.trained_adapter.data import CaptionPair, TrainData, data_identity, encode_images, load_caption_pairs
 from paradigms.trained_adapter.multimodal import Image as Img
-from paradigms.trained_adapter.multimodal import MultimodalLM, Piece, Target
+from paradigms.trained_adapter.multimodal import EndOfChunk, MultimodalLM, Piece, Target
 
 #: Bump when the checkpoint layout or training objective changes (invalidates stored adapters).
 ADAPTER_FORMAT = 1
@@ -54,16 +54,44 @@ class AdapterOptions(BaseModel):
     decode_batch_size: int = Field(8, ge=1)
 
 
-def caption_rows(pairs: Sequence[CaptionPair], idx: int, k: int, prompt: str) -> tuple[list[Piece], list[str]]:
-    """The training sequence for example ``idx``: k (image, prompt, caption) blocks."""
+#: Lays out one image–text example: (image index, prompt, answer or None for the query) -> pieces.
+Example = Callable[[int, str, "Piece | None"], list[Piece]]
+
+
+def plain_example(j: int, prompt: str, answer: Piece | None) -> list[Piece]:
+    """``<image> prompt answer``: the image before the prompt (Frozen, BLIP-2, Flamingo)."""
+    return [Img(j), prompt] + ([answer] if answer is not None else [])
+
+
+def caption_rows(
+    pairs: Sequence[CaptionPair], idx: int, k: int, prompt: str, example: Example = plain_example
+) -> tuple[list[Piece], list[str]]:
+    """The training sequence for example ``idx``: k (image, prompt, caption) blocks.
+
+    With k > 1 this is an interleaved sequence (M3W-style: several image–text pairs in one
+    sequence), with the loss on every caption; k = 1 is single-pair training.
+    """
     n = len(pairs)
     chosen = [idx] + [(idx * 7919 + j * 104729) % n for j in range(1, k)]
     row: list[Piece] = []
     ids: list[str] = []
     for j, c in enumerate(chosen):
-        row += [Img(j), prompt, Target(" " + pairs[c].caption.strip() + "\n")]
+        row += example(j, prompt, Target(" " + pairs[c].caption.strip() + "\n"))
         ids.append(pairs[c].image_id)
     return row, ids
+
+
+def render_shown(row: Sequence[Piece]) -> str:
+    """The sequence as text, images as ``<image>`` and end-of-chunk as ``<EOC>`` (for traces)."""
+    out = []
+    for piece in row:
+        if isinstance(piece, Img):
+            out.append("<image>")
+        elif isinstance(piece, EndOfChunk):
+            out.append("<EOC>")
+        else:
+            out.append(piece.text if isinstance(piece, Target) else piece)
+    return "".join(out)
 
 
 class AdapterParadigm(Paradigm):
@@ -105,10 +133,19 @@ class AdapterParadigm(Paradigm):
         emb = llm.model.get_input_embeddings().weight
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.options.train.seed)
+            enc = self.backbones.vision_encoder
             conn = build_connector(
-                self.options.connector, self.backbones.vision_encoder.feature_dim, llm.model.config, float(emb.std())
+                self.options.connector, enc.feature_dim, llm.model.config, float(emb.std()), encoder_model=enc.model
             )
         return conn.to(llm.device)
+
+    def feature_encoder(self) -> Any:
+        """What computes the per-image inputs of the connector (cached): the frozen encoder's features."""
+        return self.backbones.vision_encoder
+
+    def _example(self, j: int, prompt: str, answer: Piece | None) -> list[Piece]:
+        """One example of a sequence (training and answering alike): image ``j``, prompt, answer."""
+        return plain_example(j, prompt, answer)
 
     @property
     def untrained(self) -> bool:
@@ -141,14 +178,14 @@ class AdapterParadigm(Paradigm):
         if result is None:
             log.info("training connector %s (checkpoint %s)", self.name, ckpt)
             images = {p.image_id: p.load_image for p in pairs}
-            feats = encode_images(enc, images, cache_file=ckpt / "features.safetensors")
+            feats = encode_images(self.feature_encoder(), images, cache_file=ckpt / "features.safetensors")
             self._before_training(connector, pairs, feats, progress=progress)
             k, prompt = self.options.pairs_per_sequence, self.options.caption_prompt
 
             def loss_fn(idx: Sequence[int]) -> torch.Tensor:
                 rows, fts = [], []
                 for i in idx:
-                    row, ids = caption_rows(pairs, i, k, prompt)
+                    row, ids = caption_rows(pairs, i, k, prompt, self._example)
                     rows.append(row)
                     fts.append(torch.stack([feats[j] for j in ids]))
                 return mm.loss(mm.build(rows, fts))
@@ -188,30 +225,26 @@ class AdapterParadigm(Paradigm):
     # ---------------------------------------------------------------- answering
     def _feature(self, image_id: str, image: Any) -> torch.Tensor:
         if image_id not in self._features:
-            self._features[image_id] = encode_images(self.backbones.vision_encoder, {image_id: lambda: image})[image_id]
+            self._features[image_id] = encode_images(self.feature_encoder(), {image_id: lambda: image})[image_id]
         return self._features[image_id]
 
-    def _text_prompt(self, kind: str, prompt: str) -> str:
+    def _text_prompt(self, kind: str, prompt: str, question: str = "") -> str:
         return self.options.caption_prompt if kind == "caption" else prompt
 
     def _row(self, r: Request) -> tuple[list[Piece], torch.Tensor, str]:
+        """Demonstrations in the order given (the shot sampler orders them), then the query."""
         row: list[Piece] = []
         feats = []
-        shown = []
         for j, s in enumerate(r.shots):
             if s.image is None:
                 raise ValueError(f"demonstration {s.sample_id} has no image")
-            p = self._text_prompt(r.kind, s.prompt)
-            row += [Img(j), p, " " + s.answer.strip() + "\n"]
+            row += self._example(j, self._text_prompt(r.kind, s.prompt, s.question), " " + s.answer.strip() + "\n")
             feats.append(self._feature(s.image_id, s.image))
-            shown.append(f"<image>{p} {s.answer.strip()}\n")
         if r.image is None:
             raise ValueError("sample has no image")
-        p = self._text_prompt(r.kind, r.prompt)
-        row += [Img(len(r.shots)), p]
+        row += self._example(len(r.shots), self._text_prompt(r.kind, r.prompt, r.question), None)
         feats.append(self._feature(r.image_id, r.image))
-        shown.append(f"<image>{p}")
-        return row, torch.stack(feats), "".join(shown)
+        return row, torch.stack(feats), render_shown(row)
 
     def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
         self.prepare()
@@ -309,15 +342,73 @@ class Blip2AdapterOptions(AdapterOptions):
         return self
 
 
+#: PaLM-E's image placeholder in prompts; the encoder tokens are inserted where it stands.
+IMG_PLACEHOLDER = "<img>"
+
+
 class PalmeAdapterOptions(AdapterOptions):
     connector: PalmeOptions = PalmeOptions()
+    #: VQA prompt of PaLM-E's papers ("Q: <img> question A:"), used for VQA samples (query and
+    #: demonstrations) that carry their raw question; ``{question}`` is filled in. Other prompts
+    #: are taken as the task renders them: each ``<img>`` in them is where the image goes; a prompt
+    #: without one gets the image before it.
+    vqa_prompt: str = "Q: " + IMG_PLACEHOLDER + " {question} A:"
+
+    @model_validator(mode="after")
+    def _one_placeholder(self) -> "PalmeAdapterOptions":
+        for name in ("vqa_prompt", "caption_prompt"):
+            if getattr(self, name).count(IMG_PLACEHOLDER) > 1:
+                raise ValueError(f"{name}: one {IMG_PLACEHOLDER} per example (each example has one image)")
+        if "{question}" not in self.vqa_prompt:
+            raise ValueError("vqa_prompt must contain {question}")
+        return self
+
+
+def placeholder_example(j: int, prompt: str, answer: Piece | None) -> list[Piece]:
+    """PaLM-E's multimodal sentence: the image's tokens where ``<img>`` stands in the prompt (before it if absent)."""
+    n = prompt.count(IMG_PLACEHOLDER)
+    if n > 1:
+        raise ValueError(f"prompt has {n} {IMG_PLACEHOLDER} placeholders for one image: {prompt!r}")
+    if n == 0:
+        return plain_example(j, prompt, answer)
+    before, after = prompt.split(IMG_PLACEHOLDER)
+    row: list[Piece] = [before.rstrip(), Img(j), after] if before.strip() else [Img(j), after]
+    return row + ([answer] if answer is not None else [])
 
 
 @register_paradigm
 class FrozenAdapter(AdapterParadigm):
+    """Frozen: the vision encoder (a trainable copy of its last blocks, or all of it) is trained
+    through the frozen LLM; ``connector.encoder: fixed`` is the frozen-encoder ablation."""
+
     variant: ClassVar[str] = "frozen"
-    description: ClassVar[str] = "Frozen: pooled image features -> 2 prefix embeddings of a frozen LLM (trained on captions)"
+    description: ClassVar[str] = (
+        "Frozen: a trained vision encoder (last blocks; 'all' as the paper) -> 2 prefix embeddings of a frozen LLM"
+    )
     Options: ClassVar[type] = FrozenAdapterOptions
+
+    def feature_encoder(self) -> Any:
+        """With a trained encoder tail, the frozen front's activations (the tail runs in the connector)."""
+        c = self.options.connector
+        if c.encoder == "fixed":
+            return self.backbones.vision_encoder
+        from paradigms.trained_adapter.encoder_tail import FrontEncoder, first_trained_block
+
+        enc = self.backbones.vision_encoder
+        return FrontEncoder(enc, first_trained_block(enc.model, c.encoder, c.encoder_blocks))
+
+
+class FrozenFixedEncoderOptions(AdapterOptions):
+    connector: FrozenOptions = FrozenOptions(encoder="fixed")
+
+
+@register_paradigm
+class FrozenFixedEncoderAdapter(FrozenAdapter):
+    """The ablation: Frozen's prefix with the encoder frozen, only the linear map trained."""
+
+    variant: ClassVar[str] = "frozen_fixed_encoder"
+    description: ClassVar[str] = "Frozen ablation: frozen vision encoder, only the linear map to 2 prefix embeddings trained"
+    Options: ClassVar[type] = FrozenFixedEncoderOptions
 
 
 @register_paradigm
@@ -325,6 +416,13 @@ class FlamingoAdapter(AdapterParadigm):
     variant: ClassVar[str] = "flamingo"
     description: ClassVar[str] = "Flamingo: Perceiver Resampler + tanh-gated cross-attention before frozen LLM layers"
     Options: ClassVar[type] = FlamingoAdapterOptions
+
+    def _example(self, j: int, prompt: str, answer: Piece | None) -> list[Piece]:
+        """``<image> prompt answer <EOC>``: with ``end_of_chunk`` each finished example is closed."""
+        row = plain_example(j, prompt, answer)
+        if answer is not None and self.options.connector.end_of_chunk:
+            row.append(EndOfChunk())
+        return row
 
 
 @register_paradigm
@@ -417,6 +515,17 @@ class Blip2Adapter(AdapterParadigm):
 
 @register_paradigm
 class PalmeAdapter(AdapterParadigm):
+    """PaLM-E's multimodal sentences: the encoder tokens go where ``<img>`` stands in the text —
+    "Q: <img> question A:" for VQA, in every demonstration and the query, several images per sequence."""
+
     variant: ClassVar[str] = "palme"
-    description: ClassVar[str] = "PaLM-E: projected spatial features placed at the image's position in the text (frozen LLM)"
+    description: ClassVar[str] = "PaLM-E: projected spatial features placed at <img> in the text (Q: <img> … A:), frozen LLM"
     Options: ClassVar[type] = PalmeAdapterOptions
+
+    def _text_prompt(self, kind: str, prompt: str, question: str = "") -> str:
+        if kind == "vqa" and question:
+            return self.options.vqa_prompt.replace("{question}", question.strip())
+        return super()._text_prompt(kind, prompt, question)
+
+    def _example(self, j: int, prompt: str, answer: Piece | None) -> list[Piece]:
+        return placeholder_example(j, prompt, answer)

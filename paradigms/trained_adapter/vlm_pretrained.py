@@ -80,30 +80,42 @@ class VlmPretrained(Paradigm):
     def prepare(self) -> None:
         if self.model is not None:
             return
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
+
+        processor, model, device = self._load(
+            AutoModelForImageTextToText, "image-text model", "AutoModelForImageTextToText + AutoProcessor"
+        )
+        if not getattr(processor, "chat_template", None):
+            raise ModelUnavailable(
+                f"option 'model': the processor of {self.options.model!r} has no chat template, so images and "
+                "demonstrations cannot be placed in the prompt"
+            )
+        self._ready(processor, model, device, _END_OF_TURN)
+
+    def _load(self, model_cls: Any, what: str, saved: str) -> tuple[Any, Any, Any]:
+        """(processor, model, device) for the ``model`` option; a failure names the option and what to give."""
+        from transformers import AutoProcessor
 
         o = self.options
         name, rev, _ = o.source()
         if o.trust_remote_code:
-            log.warning("vlm_pretrained: trust_remote_code=true runs code shipped with %r", o.model)
+            log.warning("%s: trust_remote_code=true runs code shipped with %r", self.variant, o.model)
         device = resolve_device(o.device)
         kwargs: dict[str, Any] = {"trust_remote_code": o.trust_remote_code}
         if rev:
             kwargs["revision"] = rev
         try:
             processor = AutoProcessor.from_pretrained(name, **kwargs)
-            model = AutoModelForImageTextToText.from_pretrained(name, dtype=_resolve_dtype(o.dtype, device), **kwargs)
+            model = model_cls.from_pretrained(name, dtype=_resolve_dtype(o.dtype, device), **kwargs)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelUnavailable(
-                f"option 'model': cannot load the image-text model {o.model!r}: {exc}. Give a local folder "
-                "with a saved AutoModelForImageTextToText + AutoProcessor, or a hub id (id@revision) on a "
-                "machine with hub access."
+                f"option 'model': cannot load the {what} {o.model!r}: {exc}. Give a local folder "
+                f"with a saved {saved}, or a hub id (id@revision) on a machine with hub access."
             ) from exc
-        if not getattr(processor, "chat_template", None):
-            raise ModelUnavailable(
-                f"option 'model': the processor of {o.model!r} has no chat template, so images and "
-                "demonstrations cannot be placed in the prompt"
-            )
+        return processor, model, device
+
+    def _ready(self, processor: Any, model: Any, device: Any, end_tokens: Sequence[str]) -> None:
+        """Left padding, the end-of-answer ids (EOS + ``end_tokens`` the vocabulary has), model on its device."""
         tok = processor.tokenizer
         tok.padding_side = "left"
         if tok.pad_token is None:
@@ -113,7 +125,7 @@ class VlmPretrained(Paradigm):
         if tok.eos_token_id is not None:
             ids.add(tok.eos_token_id)
         vocab = tok.get_vocab()
-        ids.update(vocab[t] for t in _END_OF_TURN if t in vocab)
+        ids.update(vocab[t] for t in end_tokens if t in vocab)
         self._eos = sorted(ids)
         self.processor = processor
         self.model = model.to(device).eval()
@@ -148,33 +160,41 @@ class VlmPretrained(Paradigm):
     def _max_new(self, r: Request) -> int:
         return self.options.max_new_tokens or r.max_new_tokens
 
+    def _generate(self, enc: Any, requests: Sequence[Request], **extra: Any) -> tuple[Any, torch.Tensor]:
+        """Greedy generation for an encoded chunk (float inputs in the model's dtype): (inputs, new tokens)."""
+        enc = enc.to(self.model.device)
+        for k, v in enc.items():
+            if torch.is_tensor(v) and v.is_floating_point():
+                enc[k] = v.to(self.model.dtype)
+        seqs = self.model.generate(
+            **enc,
+            max_new_tokens=max(self._max_new(r) for r in requests),
+            do_sample=False,
+            eos_token_id=self._eos or None,
+            pad_token_id=self.processor.tokenizer.pad_token_id,
+            **extra,
+        )
+        return enc, seqs[:, enc["input_ids"].shape[1]:]  # decoder-only: generate returns the prompt too
+
+    def _decode(self, new_tokens: torch.Tensor, r: Request) -> tuple[list[int], str]:
+        """The answer's ids (up to and including EOS; padding after it does not count) and its text."""
+        ids = new_tokens.tolist()[: self._max_new(r)]
+        eos = set(self._eos)
+        end = next((j for j, x in enumerate(ids) if x in eos), None)
+        ids = ids if end is None else ids[: end + 1]
+        text, _ = cut_at_stop(self.processor.tokenizer.decode(ids, skip_special_tokens=True), self.generation.stop)
+        return ids, text.strip()
+
     @torch.inference_mode()
     def _chunk(self, requests: Sequence[Request], idx: list[int], out: list) -> None:
         rows = [self._messages(requests[i]) for i in idx]
         texts = [self.processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m, _, _ in rows]
         with Timer() as t:
             enc = self.processor(text=texts, images=[imgs for _, imgs, _ in rows], return_tensors="pt", padding=True)
-            enc = enc.to(self.model.device)
-            for k, v in enc.items():
-                if torch.is_tensor(v) and v.is_floating_point():
-                    enc[k] = v.to(self.model.dtype)
-            seqs = self.model.generate(
-                **enc,
-                max_new_tokens=max(self._max_new(requests[i]) for i in idx),
-                do_sample=False,
-                eos_token_id=self._eos or None,
-                pad_token_id=self.processor.tokenizer.pad_token_id,
-            )
-        n_in = enc["input_ids"].shape[1]
-        seqs = seqs[:, n_in:]  # decoder-only: generate returns the prompt too
-        tok = self.processor.tokenizer
+            enc, seqs = self._generate(enc, [requests[i] for i in idx])
         image_token_id = getattr(self.processor, "image_token_id", None)
-        eos = set(self._eos)
         for b, i in enumerate(idx):
-            ids = seqs[b].tolist()[: self._max_new(requests[i])]
-            end = next((j for j, x in enumerate(ids) if x in eos), None)
-            ids = ids if end is None else ids[: end + 1]  # EOS counts as generated; padding after it does not
-            text, _ = cut_at_stop(tok.decode(ids, skip_special_tokens=True), self.generation.stop)
+            ids, text = self._decode(seqs[b], requests[i])
             trace: dict[str, Any] = {
                 "model": self.options.model,
                 "prompt": texts[b],
@@ -185,7 +205,7 @@ class VlmPretrained(Paradigm):
             if image_token_id is not None:
                 trace["image_tokens"] = int((enc["input_ids"][b] == image_token_id).sum())
             out[i] = Answer(
-                text=text.strip(),
+                text=text,
                 latency_s=t.elapsed / len(idx),
                 llm_tokens_in=int(enc["attention_mask"][b].sum()),
                 llm_tokens_out=len(ids),

@@ -50,11 +50,18 @@ def caption_metric(samples: Sequence[Sample], predictions: Sequence[str], *, n_b
                           dict(enumerate(predictions)), n_boot=n_boot, seed=seed, meteor_process=meteor_process)
 
 
+#: The VQA accuracy mode of ``mmbench run`` (recorded as the ``vqa_mode`` parameter of every VQA result).
+RUN_VQA_MODE = "evalai"
+
+
 def vqa_metric(samples: Sequence[Sample], predictions: Sequence[str], *, n_boot: int = DEFAULT_N_BOOT,
                seed: int = 0) -> MetricResult:
-    """Official VQA accuracy (EvalAI mode); human answers from ``Sample.answers``."""
+    """Official VQA accuracy (EvalAI mode, recorded in ``info["mode"]``); human answers from ``Sample.answers``.
+
+    An empty prediction is a failed sample here (the runner passes "" for failures) and scores 0.
+    """
     _check(samples, predictions)
-    return score_vqa(samples, predictions, n_boot=n_boot, seed=seed)
+    return score_vqa(samples, predictions, mode=RUN_VQA_MODE, empty="wrong", n_boot=n_boot, seed=seed)
 
 
 def choice_metric(samples: Sequence[Sample], predictions: Sequence[str], *, n_boot: int = DEFAULT_N_BOOT,

@@ -98,9 +98,14 @@ def score_coco_results(annotations_path: str | Path, results_path: str | Path, *
 
 
 def score_vqa_results(questions_path: str | Path, annotations_path: str | Path, results_path: str | Path, *,
-                      mode: VQAMode = "evalai", missing: Literal["error", "empty"] = "error",
+                      mode: VQAMode = "vqaeval", missing: Literal["error", "empty"] = "error",
                       n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> MetricReport:
-    """Official VQA accuracy (percent) of a results file, with per-answer/question-type breakdowns."""
+    """Official VQA accuracy (percent) of a results file, with per-answer/question-type breakdowns.
+
+    Defaults to what the official ``vqaEval.py`` computes on these files (``mode="vqaeval"``, an
+    empty answer compared like any other); a question with no result (``missing="empty"``) is a
+    failure and scores 0 — the official loader would refuse the file.
+    """
     if missing not in ("error", "empty"):
         raise ValueError("missing must be 'error' or 'empty' for VQA (the official loader requires every question)")
     questions = _load(questions_path)
@@ -119,7 +124,9 @@ def score_vqa_results(questions_path: str | Path, annotations_path: str | Path, 
     if not items:
         raise ValueError(f"{annotations_path}: no annotations")
     try:
-        ids, preds = _reconcile(list(items), _results(results_path, "question_id", "answer"), missing, "question")
+        results = _results(results_path, "question_id", "answer")
+        ids, preds = _reconcile(list(items), results, missing, "question")
     except ValueError as exc:
         raise ValueError(f"{results_path}: {exc}" if str(results_path) not in str(exc) else str(exc)) from None
-    return score_vqa({i: items[i] for i in ids}, preds, mode=mode, n_boot=n_boot, seed=seed)
+    absent = {i for i in ids if i not in results}  # scored as failures (0), not as empty answers
+    return score_vqa({i: items[i] for i in ids}, preds, mode=mode, failed=absent, n_boot=n_boot, seed=seed)

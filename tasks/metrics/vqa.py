@@ -14,7 +14,10 @@ Two modes, differing only in that unanimity branch:
   human answers disagree.
 
 Human answers are treated identically in both modes (normalised only when they disagree), as the
-official code does. Nothing here mutates its inputs, so scoring twice gives the same number (the
+official code does. An empty prediction is compared like any other in both modes: it matches the
+humans who left the answer empty (or whose answer normalises to empty, e.g. "the" when they
+disagree), exactly as the official script counts it. ``mmbench run`` passes ``empty="wrong"``
+because there an empty string is what a failed sample leaves, and failures count as wrong. Nothing here mutates its inputs, so scoring twice gives the same number (the
 official script normalises its loaded annotations in place).
 """
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Collection, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -33,6 +36,10 @@ from tasks.metrics.vqa_normalize import clean_whitespace, normalize_answer, proc
 
 VQAMode = Literal["evalai", "vqaeval"]
 VQA_MODES: tuple[str, ...] = ("evalai", "vqaeval")
+#: How an empty (whitespace-only) prediction is scored: "official" compares it as the official
+#: script does; "wrong" scores it 0 (a failed sample, as ``mmbench run`` records failures).
+EmptyRule = Literal["official", "wrong"]
+EMPTY_RULES: tuple[str, ...] = ("official", "wrong")
 
 
 def vqa_accuracy(prediction: str, gt_answers: Sequence[str], mode: VQAMode = "evalai") -> float:
@@ -98,13 +105,16 @@ def _group_ci(scores: np.ndarray, masks: dict[str, np.ndarray], n_boot: int, see
 
 def score_vqa(samples_or_mapping: Sequence[Sample] | Sequence[Any] | Mapping[Any, Any],
               predictions: Sequence[str] | Mapping[Any, str], *, mode: VQAMode = "evalai",
-              n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> MetricReport:
+              empty: EmptyRule = "official", failed: Collection[Any] = (), n_boot: int = DEFAULT_N_BOOT,
+              seed: int = 0) -> MetricReport:
     """Official VQA accuracy over a set of questions, with bootstrap CIs and per-question scores.
 
     Accepts samples (``Sample.answers``; ``meta["answer_type"]``/``meta["question_type"]`` if present)
     with predictions in the same order, or a mapping ``question_id -> answers`` (a list of strings,
-    or an official annotation dict) with predictions keyed the same way. An empty prediction is a
-    failed sample and scores 0. Values are percent, unrounded: ``overall``, ``perAnswerType/<type>``
+    or an official annotation dict) with predictions keyed the same way. An empty prediction is
+    scored as the official script scores it (``empty="official"``) or as a failure, 0
+    (``empty="wrong"``). Questions in ``failed`` (keys of the mapping, or indices into the
+    sequence) had no answer at all and score 0. Values are percent, unrounded: ``overall``, ``perAnswerType/<type>``
     and ``perQuestionType/<type>`` (official keys); ``per_sample["overall"]`` is in question order.
     """
     if isinstance(samples_or_mapping, Mapping):
@@ -118,6 +128,7 @@ def score_vqa(samples_or_mapping: Sequence[Sample] | Sequence[Any] | Mapping[Any
                              f"unknown {extra[:5]} ({len(extra)}); pass failed samples as empty strings")
         items = [_item(samples_or_mapping[k]) for k in keys]
         preds = [predictions[k] for k in keys]
+        no_answer = [k in failed for k in keys]
     else:
         if isinstance(predictions, Mapping):
             raise TypeError("with a sequence of samples, predictions must be a sequence in the same order")
@@ -125,12 +136,16 @@ def score_vqa(samples_or_mapping: Sequence[Sample] | Sequence[Any] | Mapping[Any
         preds = list(predictions)
         if len(items) != len(preds):
             raise ValueError(f"{len(items)} questions but {len(preds)} predictions")
+        no_answer = [k in failed for k in range(len(items))]
     if not items:
         raise ValueError("no questions to score")
+    if empty not in EMPTY_RULES:
+        raise ValueError(f"empty must be one of {EMPTY_RULES}, got {empty!r}")
     for p in preds:
         if not isinstance(p, str):
             raise TypeError(f"predictions must be strings, got {type(p).__name__}")
-    acc = np.array([vqa_accuracy(p, it.answers, mode) if p.strip() else 0.0 for p, it in zip(preds, items)])
+    acc = np.array([0.0 if gone or (empty == "wrong" and not clean_whitespace(p)) else vqa_accuracy(p, it.answers, mode)
+                    for p, it, gone in zip(preds, items, no_answer)])
     scores = 100.0 * acc
     masks: dict[str, np.ndarray] = {"overall": np.ones(len(items))}
     for prefix, attr in (("perAnswerType", "answer_type"), ("perQuestionType", "question_type")):
@@ -141,11 +156,14 @@ def score_vqa(samples_or_mapping: Sequence[Sample] | Sequence[Any] | Mapping[Any
     ci = _group_ci(scores, masks, n_boot, seed)
     info = {
         "mode": mode,
+        "empty_prediction": ("as the official script (matches humans who left it empty)" if empty == "official"
+                             else "a failed sample: scores 0"),
         "implementation": "official VQA evaluation (vqaEval.py) reimplemented; see tasks/metrics/vqa.py",
         "scale": "percent, unrounded (the official script prints round(x, 2))",
         "overall_official_rounded": official_round(values["overall"]),
         "ci": (f"percentile bootstrap 95%, {n_boot} resamples of questions, seed {seed}" if n_boot > 0 else "none"),
         "n_samples": str(len(items)),
-        "n_empty_predictions": str(sum(1 for p in preds if not p.strip())),
+        "n_empty_predictions": str(sum(1 for p in preds if not clean_whitespace(p))),
+        "n_failed": str(sum(no_answer)),
     }
     return MetricReport(values=values, ci=ci, per_sample={"overall": scores.tolist()}, primary="overall", info=info)

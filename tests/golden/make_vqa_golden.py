@@ -54,6 +54,14 @@ CASES: list[tuple[str, list[str], str]] = [
     ("café", ["café"] * 6 + ["cafe"] * 4, "non-ASCII"),
     ("yes", ["yes", "yes", "no"], "three human answers"),
     ("Yes!", ["Yes!"] * 10, "unnormalised unanimous humans"),
+    ("", [""] * 10, "empty prediction, unanimous empty humans"),
+    ("", [""] * 3 + ["yes"] * 7, "empty prediction, three humans left it empty"),
+    ("", [""] + ["yes"] * 9, "empty prediction, one human left it empty"),
+    ("", ["the"] * 4 + ["a"] * 6, "empty prediction, human answers normalise to empty"),
+    ("  \n", [""] * 10, "whitespace-only prediction, unanimous empty humans"),
+    ("yes", [""] * 2 + ["yes"] * 8, "two humans left it empty"),
+    ("The", ["the"] * 10, "article only, unanimous"),
+    ("no", ["no"] * 10, "plain match, unanimous"),
 ]
 NORMALISATION_INPUTS = [
     "Black.", "YES", "yes.", "a dog", "The Dog", "An apple", "two", "Ten", "none", "dont", "Dont", "isnt it",
