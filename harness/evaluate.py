@@ -15,7 +15,8 @@ from harness.cache import ResultCache
 from harness.config import RunConfig
 from harness.report import results_frame, results_table
 from harness.runner import Plan, Runner, UnitResult, plan_run
-from harness.tracking import Tracker, TrackingError, default_tracking_uri, git_state, hardware, package_versions
+from harness.tracking import (Tracker, TrackingError, backbone_params, default_tracking_uri, git_state, hardware,
+                              package_versions, summary_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ def _unit_params(r: UnitResult, config_hash: str) -> dict[str, Any]:
         "dataset_size": len(ds),
         "dataset_license": ds.license,
         "support_size": len(u.task.support) if u.task.support else 0,
+        "task_fingerprint": u.task.fingerprint,
+        "support_split": u.task.spec.support_split or "",
         "prompt_template": u.task.spec.prompt,
         "paradigm_options": u.paradigm.options.model_dump(mode="json"),
         "config_hash": config_hash,
@@ -195,12 +198,14 @@ def run_evaluation(
     guard = _GuardedTracking()
 
     def _log_child(r: UnitResult) -> None:
-        child = tracker.start_child(parent, r.unit.name, _unit_tags(r))
-        tracker.log_params(child, _unit_params(r, config_hash))
+        child = tracker.start_child(parent, r.unit.name, _unit_tags(r), int(r.started_s * 1000) or None)
+        opts = r.unit.paradigm.options.model_dump(mode="json")
+        tracker.log_params(child, {**_unit_params(r, config_hash),
+                                   **backbone_params(config.models, r.unit.paradigm.cls.uses, repro["fingerprints"], opts)})
         tracker.log_metrics(child, _unit_metrics(r))
         tracker.log_json(child, {"unavailable": dict(r.metrics.unavailable), "ci": {k: list(v) for k, v in r.metrics.ci.items()}}, "metrics_detail.json")
         tracker.log_table(child, r.rows, "predictions.jsonl")
-        tracker.end(child)
+        tracker.end(child, end_ms=int(r.ended_s * 1000) or None)
 
     def log_unit(r: UnitResult) -> None:
         results.append(r)
@@ -247,6 +252,7 @@ def run_evaluation(
             (summary_dir / "resources.json").write_text(json.dumps(usage, indent=1, sort_keys=True))
             guard("logging resources", tracker.log_metrics, parent,
                   {k: v for k, v in usage.items() if isinstance(v, (int, float))})
+            guard("logging summary metrics", tracker.log_metrics, parent, summary_metrics(frame))
             guard("logging results.md", tracker.log_text, parent, table + "\n", "results.md")
             guard("logging results.csv", tracker.log_text, parent, frame.to_csv(index=False), "results.csv")
         guard("ending the parent run", tracker.end, parent, status if guard.error is None else "FAILED")

@@ -18,6 +18,8 @@ def md_table(t: Table, level: str = "####") -> str:
         flags = t.best[i] if i < len(t.best) else [False] * len(row)
         cells = [f"**{_esc(c)}**" if f else _esc(c) for c, f in zip(row, flags)]
         lines.append("| " + " | ".join(cells) + " |")
+    for row in t.footer:
+        lines.append("| " + " | ".join(_esc(c) for c in row) + " |")  # plain: a "*" here is a significance mark
     if t.note:
         lines += ["", f"*{t.note}*"]
     return "\n".join(lines) + "\n"
