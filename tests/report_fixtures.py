@@ -8,7 +8,6 @@ known differences, hostile strings from a crafted store, an oracle run, a price-
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +100,3 @@ def run_real(configs: Sequence[dict[str, Any]], cache: Path) -> list[Any]:
             os.environ.pop("MMBENCH_CACHE", None)
         else:
             os.environ["MMBENCH_CACHE"] = old
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x.strip()]

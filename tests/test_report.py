@@ -107,6 +107,11 @@ def test_leaderboard_csv_has_setups_cis_and_honest_significance(report_store):
     assert len(top) == 1 and 0.0 < float(top[0]["p_value"]) <= 1.0 and top[0]["n_pairs"] == "4"
     assert all(r["mark"] in ("", "nan") for r in rows)  # 4 samples: never a significance mark
     assert {r["metric"] for r in rows if r["task"] == "world_caption"} >= {"CIDEr", "Bleu_4", "ROUGE_L"}
+    # VQA per-answer-type scores are shown (no test: only overall per-sample scores are logged)
+    types = [r for r in rows if r["task"] == "world_vqa" and r["metric"].startswith("perAnswerType/")]
+    assert types and all(r["test_note"] in ("", "no per-sample scores for this breakdown") for r in types)
+    md = (report_store["out"] / "report.md").read_text(encoding="utf-8")
+    assert "perAnswerType/other [95% CI]" in md
 
 
 def test_icl_summary_pairs_k_shot_with_zero_shot(report_store):

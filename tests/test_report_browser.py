@@ -155,6 +155,8 @@ def test_hostile_store_strings_render_as_text(browser, tmp_path):
     res = CliRunner().invoke(report_cmd, ["--results-dir", str(results), "--out", str(out), "--no-thumbnails"])
     assert res.exit_code == 0, res.output
     assert all(p.parent == out for p in out.iterdir())  # no file escaped the folder through a name
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "<script" not in md and "<img" not in md and "&lt;script&gt;window.__pwned=2" in md
     browser.get((out / "report.html").as_uri())
     assert browser.execute_script("return window.__pwned === undefined")
     assert browser.title == "mmbench leaderboard report"

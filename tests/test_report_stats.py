@@ -53,8 +53,10 @@ def stores(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("stats_stores")
     a3, b3 = paired_scores(3, 3, 0, 0)
     out["n3"] = root / "n3"
+    a8, b8 = paired_scores(8, 8, 0, 0)
     log_units(out["n3"], [Unit("p/a", "world_binding", a3, kind="binding"),
-                          Unit("p/b", "world_binding", b3, kind="binding")])
+                          Unit("p/b", "world_binding", b3, kind="binding"),
+                          Unit("p/a", "eight", a8, kind="binding"), Unit("p/b", "eight", b8, kind="binding")])
     out["n200"] = root / "n200"
     a, b = paired_scores(200, 150, 100, 90)   # A-only 60, B-only 10
     c, d = paired_scores(200, 105, 95, 50)    # A-only 55, B-only 45 (p ~ 0.37)
@@ -83,8 +85,12 @@ def test_n3_gets_no_star(stores, tmp_path):
     top = _top(out, "world_binding")
     assert float(top["p_value"]) == pytest.approx(0.25) and top["n_pairs"] == "3" and top["mark"] in ("", "nan")
     md = (out / "report.md").read_text(encoding="utf-8")
-    gap = next(line for line in md.splitlines() if "gap best − next-best" in line)
+    gap = next(line for line in md.splitlines() if "gap best − next-best" in line and "n=3" in line)
     assert "p=0.25" in gap and "*" not in gap and "No mark is ever given with fewer than 10" in md
+    # n = 8, all favouring A: exact p = 2/256 survives Holm, but 8 < 10 samples: still no mark
+    eight = _top(out, "eight")
+    assert float(eight["p_value"]) == pytest.approx(2 / 256) and float(eight["p_holm"]) < 0.05
+    assert eight["mark"] in ("", "nan")
     # the old test (paired bootstrap) called this "significant": why it is not used
     assert paired_bootstrap([100.0] * 3, [0.0] * 3, n_boot=2000).p_value < 0.05
 
@@ -131,3 +137,29 @@ def test_ties_are_decided_on_full_precision(tmp_path):
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "| p/a | **0.04 [0.04, 0.04]** |" in md and "| p/c | **0.04 [0.04, 0.04]** |" in md
     assert "| p/b | 0.01 [0.01, 0.01] |" in md
+
+
+def test_money_column_only_when_a_price_based_cost_was_logged(tmp_path):
+    results = tmp_path / "res"
+    log_units(results, [Unit("p/served", "t", [100.0, 0.0], metrics={"money_mean": 0.0025}),
+                        Unit("p/local", "t", [0.0, 0.0], row_extra={"money": 0.5})])
+    rows = list(csv.DictReader((_report(results, tmp_path / "r") / "cost.csv").open(encoding="utf-8")))
+    assert {r["setup"]: float(r["money_per_sample"]) for r in rows} == {"p/served": 0.0025, "p/local": 0.5}
+    plain = tmp_path / "plain"
+    log_units(plain, [Unit("p/a", "t", [100.0, 0.0])])
+    assert "money_per_sample" not in (_report(plain, tmp_path / "r2") / "cost.csv").read_text(encoding="utf-8")
+
+
+def test_scaling_view_orders_llms_by_size_and_keeps_every_paradigm(tmp_path):
+    results = tmp_path / "res"
+    units = [Unit(p, "t", [100.0 * (i % 2), 0.0, 100.0], llm=f"/models/SmolLM2-{size}-Instruct")
+             for p in ("a/x", "b/y") for i, size in enumerate(("1.7B", "135M", "360M"))]
+    log_units(results, units)
+    out = _report(results, tmp_path / "r")
+    rows = list(csv.DictReader((out / "scaling.csv").open(encoding="utf-8")))
+    assert [r["backbone"] for r in rows if r["paradigm"] == "a/x"] == [
+        "SmolLM2-135M-Instruct", "SmolLM2-360M-Instruct", "SmolLM2-1.7B-Instruct"]
+    assert {r["paradigm"] for r in rows} == {"a/x", "b/y"} and {r["axis"] for r in rows} == {"llm"}
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "| paradigm | SmolLM2-135M-Instruct | SmolLM2-360M-Instruct | SmolLM2-1.7B-Instruct |" in md
+    assert "| a/x · llm=SmolLM2-1.7B-Instruct |" in md  # leaderboard rows name the LLM

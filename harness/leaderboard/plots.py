@@ -28,12 +28,26 @@ def _style(i: int) -> dict:
             "linestyle": LINESTYLES[(i // 10) % len(LINESTYLES)]}
 
 
-def _pad_ylim(ax: "plt.Axes", lo: float, hi: float, min_span: float = 5.0) -> None:
-    """Keep a flat curve from being blown up to fill the axis (a ±0.04 axis on a 0–100 score)."""
+def _pad_ylim(ax: "plt.Axes", lo: float, hi: float, min_span: float = 5.0) -> tuple[float, float]:
+    """Keep a flat curve from being blown up to fill the axis (a ±0.04 axis on a 0–100 score); scores
+    are never negative, so the axis does not go below 0 when no value does."""
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        return
+        return ax.get_ylim()
     mid, span = (lo + hi) / 2, max(hi - lo, min_span)
-    ax.set_ylim(mid - span * 0.6, mid + span * 0.6)
+    bottom, top = mid - span * 0.6, mid + span * 0.6
+    if lo >= 0 and bottom < 0:
+        bottom, top = 0.0, max(top - bottom, span * 1.2)
+    ax.set_ylim(bottom, top)
+    return bottom, top
+
+
+def _spread(ys: list[float], gap: float) -> list[float]:
+    """Label positions near ``ys`` (any order) at least ``gap`` apart, so direct labels never overlap."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    out = list(ys)
+    for prev, cur in zip(order, order[1:]):
+        out[cur] = max(out[cur], out[prev] + gap)
+    return out
 
 
 def fewshot_png(frame: pd.DataFrame, data: str) -> bytes:
@@ -42,7 +56,7 @@ def fewshot_png(frame: pd.DataFrame, data: str) -> bytes:
     sub = frame[frame["data"] == data]
     setups = sorted(sub["setup"].unique())
     fig, ax = plt.subplots(figsize=(7.5, 0.8 + 0.35 * max(8, len(setups))))
-    lows, highs = [], []
+    lows, highs, ends = [], [], []
     for i, setup in enumerate(setups):
         g = sub[sub["setup"] == setup].sort_values("shots")
         sd = g["trial_sd"].to_numpy(dtype=float)
@@ -54,8 +68,7 @@ def fewshot_png(frame: pd.DataFrame, data: str) -> bytes:
                     yerr=np.vstack([np.nan_to_num(err_lo), np.nan_to_num(err_hi)]), capsize=3, markersize=6,
                     linewidth=1.5, label=setup, **st)
         last = g.iloc[-1]
-        ax.annotate(setup, (last["shots"], last["value"]), xytext=(8, 0), textcoords="offset points",
-                    fontsize=7, color=st["color"], va="center")
+        ends.append((float(last["shots"]), float(last["value"]), setup, st["color"]))
         lows.append(float((g["value"] - np.nan_to_num(err_lo)).min()))
         highs.append(float((g["value"] + np.nan_to_num(err_hi)).max()))
     metric = sub["metric"].iloc[0] if len(sub) else ""
@@ -63,7 +76,12 @@ def fewshot_png(frame: pd.DataFrame, data: str) -> bytes:
     ax.set_xticks(shots)
     ax.set_xlim(min(shots) - 0.3, max(shots) + 0.3 + 0.35 * (max(shots) - min(shots) + 1))
     if lows:
-        _pad_ylim(ax, min(lows), max(highs))
+        bottom, top = _pad_ylim(ax, min(lows), max(highs))
+        label_y = _spread([y for _, y, _, _ in ends], (top - bottom) * 0.06)
+        for (x, y, setup, color), ly in zip(ends, label_y):
+            ax.annotate(setup, (x, y), xytext=(x + 0.15, ly), textcoords="data", fontsize=7, color=color,
+                        va="center", arrowprops={"arrowstyle": "-", "color": color, "lw": 0.6})
+        ax.set_ylim(bottom, max(top, max(label_y) + (top - bottom) * 0.05))
     ax.set_xlabel("shots (in-context examples)")
     ax.set_ylabel(f"{metric} (report scale)")
     ax.set_title(f"{data}: {metric} vs shots (mean over trials; bars: ±1 sd over trials, or 95% CI with one trial)",
@@ -89,7 +107,12 @@ def scaling_png(frame: pd.DataFrame, data: str, shots: int) -> bytes:
         ax.errorbar(pos, g["value"], yerr=np.vstack([np.nan_to_num(g["value"] - g["ci_low"]),
                                                     np.nan_to_num(g["ci_high"] - g["value"])]),
                     fmt="none", ecolor="black", capsize=3, linewidth=1)
+        for x_, v in zip(pos, g["value"]):  # the value on each bar: a 0 stays readable
+            if np.isfinite(v):
+                ax.annotate(f"{v:.1f}", (x_, v), xytext=(0, 2), textcoords="offset points", ha="center",
+                            fontsize=6)
     axis, metric = sub["axis"].iloc[0], sub["metric"].iloc[0]
+    _pad_ylim(ax, float(np.nanmin(sub["ci_low"].fillna(sub["value"]))), float(np.nanmax(sub["ci_high"].fillna(sub["value"]))))
     ax.set_xticks(x)
     ax.set_xticklabels(values, fontsize=8, rotation=15 if len(values) > 4 else 0)
     ax.set_xlabel(axis)
