@@ -17,13 +17,13 @@ body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1250px;color:#
 table{border-collapse:separate;border-spacing:0;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top;max-width:420px;overflow-wrap:anywhere}
 th{background:#f0f0f0} td.best{font-weight:bold;background:#e3f4e3}
-th:first-child,td:first-child{position:sticky;left:0;background:#fafafa;z-index:1}
+th:first-child,td:first-child{position:sticky;left:0;background:#fafafa;z-index:1;min-width:15em;overflow-wrap:normal}
 th:first-child{background:#e8e8e8} td.best:first-child{background:#e3f4e3}
 table.sortable thead th{cursor:pointer;user-select:none} table.sortable thead th::after{content:" ⇅";color:#999}
 table.sortable thead th.asc::after{content:" ▲";color:#333} table.sortable thead th.desc::after{content:" ▼";color:#333}
 tfoot td{background:#f7f7f7;font-size:12px}
 .note{font-size:12px;color:#555;max-width:1100px} .published{border:2px dashed #b07000;padding:.3em .8em;margin:1em 0;background:#fffaf0}
-.published h4{color:#8a5a00} img.plot{max-width:100%;border:1px solid #ddd;margin:.3em 0}
+.published h4{color:#8a5a00} table.published{border:0;padding:0;margin:0;background:none} img.plot{max-width:100%;border:1px solid #ddd;margin:.3em 0}
 nav a{margin-right:1em} #explorer{display:flex;gap:1em;align-items:flex-start}
 #sample-list{list-style:none;padding:0;margin:0;max-height:520px;overflow:auto;min-width:230px;border:1px solid #ccc}
 #sample-list li{padding:3px 6px;cursor:pointer;border-bottom:1px solid #eee;font-size:12px}
