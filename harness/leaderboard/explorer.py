@@ -34,6 +34,8 @@ RIGHT_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 THUMB_PX = 160
 DEMO_PX = 72
+#: Most demonstration thumbnails per data set (200 samples × 32 shots would make a page of megabytes).
+DEMO_THUMBS_MAX = 300
 #: Longest text kept per trace section (the full trace stays in predictions.jsonl).
 SECTION_CHARS = 6000
 
@@ -190,8 +192,12 @@ def explorer_data(units: Sequence[UnitRun], limit: int = 200, thumbnails: bool =
         keep = set(ids)
         demo_ids = list(dict.fromkeys(d for u in us for r in u.rows if r["sample_id"] in keep
                                       for d in (r.get("shots") or [])))
+        capped = demo_ids[DEMO_THUMBS_MAX:]
+        demo_ids = demo_ids[:DEMO_THUMBS_MAX]
         if thumbnails:
             thumbs, demo_thumbs = _thumbnails(us[0], ids, demo_ids)
+            demo_thumbs.update({d: f"error: not shown (over {DEMO_THUMBS_MAX} demonstration thumbnails for this data set)"
+                                for d in capped})
         else:
             thumbs = {i: "error: thumbnails turned off" for i in ids}
             demo_thumbs = {d: "" for d in demo_ids}
