@@ -296,8 +296,8 @@ def _log_external(kind: str, predictions: str, report, tracking_uri: str | None)
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None)
 @click.option("--bootstrap", type=click.IntRange(min=100), default=10000, show_default=True)
 def compare(run_a: str, run_b: str, metric: str | None, results_dir: Path, tracking_uri: str | None, bootstrap: int) -> None:
-    """Paired bootstrap test between two nested runs (MLflow run ids) on the same samples."""
-    from harness.compare import compare_runs
+    """Paired test between two nested runs (MLflow run ids) on the same samples, as in the report."""
+    from harness.compare import compare_runs, format_comparison
     from harness.tracking import default_tracking_uri
 
     try:
@@ -306,9 +306,7 @@ def compare(run_a: str, run_b: str, metric: str | None, results_dir: Path, track
         from harness.tracking import redact_uri
 
         raise click.ClickException(redact_uri(str(exc))) from None
-    click.echo(f"{name}: {labels[0]} = {res.value_a:.4f}, {labels[1]} = {res.value_b:.4f} (n={res.n})")
-    click.echo(f"difference A-B = {res.mean_diff:+.4f}, 95% CI [{res.ci[0]:+.4f}, {res.ci[1]:+.4f}], "
-               f"p = {res.p_value:.4f} (paired bootstrap, {res.n_boot} resamples)")
+    click.echo(format_comparison(res, name, labels))
 
 
 @main.command()

@@ -1,4 +1,8 @@
-"""Paired comparison of two logged runs on the same samples (per-sample scores from MLflow)."""
+"""Paired comparison of two logged runs on the same samples (per-sample scores from MLflow).
+
+On the same footing as the report: the same paired sign-flip permutation test (exact at small n),
+the same minimum n for calling a difference significant, and the tables' scale (caption metrics ×100).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,50 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tasks.metrics import PairedResult, paired_bootstrap
+from dataclasses import dataclass
+
+from harness.leaderboard.stats import ALPHA, MIN_N_STAR, PairedTest, paired_test
+from harness.report import display_scale
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A − B on the report's scale."""
+
+    value_a: float
+    value_b: float
+    test: PairedTest
+    scale: float
+    n_boot: int
+
+    @property
+    def n(self) -> int:
+        return self.test.n
+
+    @property
+    def mean_diff(self) -> float:
+        return self.test.mean_diff * self.scale
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return (self.test.ci[0] * self.scale, self.test.ci[1] * self.scale)
+
+    @property
+    def p_value(self) -> float:
+        return self.test.p_value
+
+    def verdict(self) -> str:
+        if self.n < MIN_N_STAR:
+            return f"not judged: fewer than {MIN_N_STAR} paired samples (the report prints no mark either)"
+        return f"significant at {ALPHA:.0%}" if self.p_value < ALPHA else f"not significant at {ALPHA:.0%}"
+
+
+def format_comparison(res: Comparison, name: str, labels: tuple[str, str]) -> str:
+    """What ``mmbench compare`` prints (two decimals, like the report's tables at ×100)."""
+    return (f"{name}: {labels[0]} = {res.value_a:.2f}, {labels[1]} = {res.value_b:.2f} (n={res.n}; "
+            f"{'×100, as in the report' if res.scale != 1 else 'as in the report'})\n"
+            f"difference A-B = {res.mean_diff:+.2f}, 95% CI [{res.ci[0]:+.2f}, {res.ci[1]:+.2f}] (paired bootstrap, "
+            f"{res.n_boot} resamples), p = {res.p_value:.4g} ({res.test.method}); {res.verdict()}")
 
 
 def _rows(client: Any, run_id: str) -> list[dict[str, Any]]:
@@ -16,10 +63,10 @@ def _rows(client: Any, run_id: str) -> list[dict[str, Any]]:
             path = client.download_artifacts(run_id, "predictions.jsonl", tmp)
         except Exception as exc:  # noqa: BLE001 - any store error means the run can't be compared
             raise ValueError(f"run {run_id}: no predictions.jsonl artifact ({exc})") from None
-        return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
-def compare_runs(uri: str, run_a: str, run_b: str, metric: str | None, n_boot: int) -> tuple[PairedResult, str, tuple[str, str]]:
+def compare_runs(uri: str, run_a: str, run_b: str, metric: str | None, n_boot: int) -> tuple[Comparison, str, tuple[str, str]]:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -43,4 +90,10 @@ def compare_runs(uri: str, run_a: str, run_b: str, metric: str | None, n_boot: i
             raise ValueError(f"run {r.info.run_id} has no per-sample scores for {name!r}; available: {avail}")
         scores.append({row["sample_id"]: float(row[col]) for row in rows})
     labels = tuple(r.data.tags.get("mmbench.paradigm", r.info.run_id) for r in runs)
-    return paired_bootstrap(scores[0], scores[1], n_boot=n_boot), name, labels  # type: ignore[return-value]
+    if set(scores[0]) != set(scores[1]):
+        raise ValueError(f"the runs scored different samples ({len(set(scores[0]) ^ set(scores[1]))} ids not in both); "
+                         "a paired test needs the same samples")
+    s = display_scale(name)
+    test = paired_test(scores[0], scores[1], n_boot=n_boot)
+    mean = [sum(x.values()) / len(x) * s for x in scores]
+    return Comparison(mean[0], mean[1], test, s, n_boot), name, labels  # type: ignore[return-value]

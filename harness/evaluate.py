@@ -17,7 +17,8 @@ from harness.report import results_frame, results_table
 from harness.runner import Plan, Runner, UnitResult, plan_run
 from harness.atomic import atomic_json, atomic_text, remove_stale_temps
 from harness.tracking import (
-    Tracker, TrackingError, default_tracking_uri, git_state, hardware, package_versions, redact_uri, redact_uris,
+    Tracker, TrackingError, backbone_params, default_tracking_uri, git_state, hardware, package_versions, redact_uri,
+    redact_uris, summary_metrics,
 )
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def _unit_params(r: UnitResult, config_hash: str) -> dict[str, Any]:
         "dataset_size": len(ds),
         "dataset_license": ds.license,
         "support_size": len(u.task.support) if u.task.support else 0,
+        "task_fingerprint": u.task.fingerprint,
         "support_split": u.task.spec.support_split if u.shots > 0 else None,
         "support_source": u.task.support.source if u.shots > 0 and u.task.support else None,
         "shot_strategy": r.shot_strategy,
@@ -223,12 +225,15 @@ def run_evaluation(
     guard = _GuardedTracking()
 
     def _log_child(r: UnitResult) -> None:
-        child = tracker.start_child(parent, r.unit.name, _unit_tags(r))
-        tracker.log_params(child, {**_unit_params(r, config_hash), **_perception(runner, r)})
+        child = tracker.start_child(parent, r.unit.name, _unit_tags(r), int(r.started_s * 1000) or None)
+        opts = r.unit.paradigm.options.model_dump(mode="json")
+        tracker.log_params(child, {**_unit_params(r, config_hash),
+                                   **backbone_params(config.models, r.unit.paradigm.cls.uses, repro["fingerprints"], opts),
+                                   **_perception(runner, r)})
         tracker.log_metrics(child, _unit_metrics(r))
         tracker.log_json(child, {"unavailable": dict(r.metrics.unavailable), "ci": {k: list(v) for k, v in r.metrics.ci.items()}}, "metrics_detail.json")
         tracker.log_table(child, r.rows, "predictions.jsonl")
-        tracker.end(child)
+        tracker.end(child, end_ms=int(r.ended_s * 1000) or None)
 
     def log_unit(r: UnitResult) -> None:
         results.append(r)
@@ -281,6 +286,7 @@ def run_evaluation(
             if served is not None:
                 guard("logging served-LLM calls", tracker.log_metrics, parent,
                       served.as_metrics(sum(r.computed for r in results)))
+            guard("logging summary metrics", tracker.log_metrics, parent, summary_metrics(frame))
             guard("logging results.md", tracker.log_text, parent, table + "\n", "results.md")
             guard("logging results.csv", tracker.log_text, parent, frame.to_csv(index=False), "results.csv")
         guard("ending the parent run", tracker.end, parent, status if guard.error is None else "FAILED")

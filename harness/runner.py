@@ -86,6 +86,8 @@ class UnitResult:
     cached: int
     costs: dict[str, float] = field(default_factory=dict)
     shot_strategy: str | None = None  # how demonstrations were chosen (None at 0 shots)
+    started_s: float = 0.0  # wall clock (epoch seconds) when the unit's work began / ended: real MLflow durations
+    ended_s: float = 0.0
 
     @property
     def n_failed(self) -> int:
@@ -577,6 +579,7 @@ class Runner:
             self.on_prepared(unit.paradigm.label, paradigm)
 
     def run_unit(self, unit: Unit) -> UnitResult | None:
+        started = time.time()
         prepared = self._prepare_unit(unit)
         if self.shard[1] > 1:
             self.barrier()  # all ranks see the same cache state, so "cached" means "before this run"
@@ -627,10 +630,11 @@ class Runner:
                                     "transient": True}
             computed = len(prepared) - n_cached  # by all ranks together
         answers = [Answer.from_dict(found[p.key]) for p in prepared]
-        return self._finish_unit(unit, prepared, answers, computed, n_cached)
+        return self._finish_unit(unit, prepared, answers, computed, n_cached, started)
 
     def _finish_unit(
-        self, unit: Unit, prepared: list[_Prepared], answers: list[Answer], computed: int, cached: int
+        self, unit: Unit, prepared: list[_Prepared], answers: list[Answer], computed: int, cached: int,
+        started: float = 0.0,
     ) -> UnitResult:
         samples = [p.sample for p in prepared]
         preds = ["" if a.error else a.text for a in answers]
@@ -655,6 +659,7 @@ class Runner:
                 "prompt": p.prompt,
                 "shots": [x.sample_id for x in p.shots],
                 "shot_strategy": self.config.in_context.strategy if unit.shots > 0 else None,
+                "shot_answers": [x.gold_text for x in p.shots],
                 "prediction": pred,
                 "references": list(s.references),
                 "answers": list(s.answers),
@@ -693,7 +698,7 @@ class Runner:
             total = sum(int(a.trace.get(counter, 0) or 0) for a in answers if isinstance(a.trace, dict))
             costs[counter] = float(total)
         strategy = self.config.in_context.strategy if unit.shots > 0 else None
-        result = UnitResult(unit, metrics, rows, computed, cached, costs, strategy)
+        result = UnitResult(unit, metrics, rows, computed, cached, costs, strategy, started_s=started, ended_s=time.time())
         if self.on_unit:
             with self.watch("logging"):
                 self.on_unit(result)

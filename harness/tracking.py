@@ -37,6 +37,15 @@ _PACKAGES = (
 )
 
 
+#: MLflow 3's UI opens an experiment on the tab its kind implies; without this tag it may guess
+#: "GenAI" and land on an empty Traces page. mmbench runs are model-development runs: open the runs table.
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+
+#: Which backbone each ``uses`` entry of a paradigm names, as logged on a nested run (``backbone.<role>``).
+BACKBONE_ROLES = {"llm": "llm", "scorer": "scorer", "tools": "experts", "vision_encoder": "encoder",
+                  "text_embedder": "text_embedder"}
+
+
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; raised before any compute."""
 
@@ -253,6 +262,8 @@ class Tracker:
                 )
             else:
                 self.experiment_id = exp.experiment_id
+            if exp is None or exp.tags.get(EXPERIMENT_KIND_TAG[0]) != EXPERIMENT_KIND_TAG[1]:
+                self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND_TAG)
         except Exception as exc:  # any store failure must stop the run before compute
             raise TrackingError(
                 f"MLflow tracking store {redact_uri(self.uri)!r} is not usable: {redact_uri(str(exc))}") from None
@@ -285,10 +296,13 @@ class Tracker:
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
-    def start_child(self, parent_id: str, name: str, tags: Mapping[str, str]) -> str:
+    def start_child(self, parent_id: str, name: str, tags: Mapping[str, str], start_ms: int | None = None) -> str:
+        """A nested run; ``start_ms`` (epoch milliseconds) is when its work began, so a run logged after
+        its compute still shows its real duration in the UI (with :meth:`end`'s ``end_ms``)."""
         fault_point("mlflow")
         all_tags = {"mlflow.parentRunId": parent_id, **tags, "mmbench.process": self.token}
-        return self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
+        return self.client.create_run(self.experiment_id, run_name=name, tags=all_tags,
+                                      start_time=start_ms).info.run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -339,9 +353,73 @@ class Tracker:
         fault_point("mlflow")
         self.client.log_text(run_id, text + "\n", path)
 
-    def end(self, run_id: str, status: str = "FINISHED") -> None:
+    def end(self, run_id: str, status: str = "FINISHED", end_ms: int | None = None) -> None:
         fault_point("mlflow")
-        self.client.set_terminated(run_id, status=status)
+        self.client.set_terminated(run_id, status=status, end_time=end_ms)
+
+
+def _top_level_names(fingerprint: str) -> list[str]:
+    """Tool names of a ToolBox fingerprint (``name=…; name=…``, with ``;`` also inside brackets)."""
+    names, depth, start = [], 0, 0
+    for i, ch in enumerate(fingerprint + ";"):
+        depth += ch in "[("
+        depth -= ch in "])"
+        if ch == ";" and depth == 0:
+            part = fingerprint[start:i].strip()
+            if "=" in part:
+                names.append(part.split("=", 1)[0])
+            start = i + 1
+    return names
+
+
+def _experts(fingerprint: str, paradigm_options: Mapping[str, Any]) -> str:
+    """The experts behind a paradigm's text: its converters when it names them, else the toolbox's tools."""
+    conv = paradigm_options.get("converters")
+    kinds = [c.get("kind", "?") for c in conv if isinstance(c, Mapping)] if isinstance(conv, list) else []
+    names = kinds or _top_level_names(fingerprint)
+    return "+".join(names) or "tools"
+
+
+def backbone_params(models: Any, uses: Sequence[str], fingerprints: Mapping[str, str],
+                    paradigm_options: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """What a nested run was computed with, by role (``backbone.llm``, ``backbone.scorer``, …).
+
+    The report keys its rows by these, so two runs with different LLMs stay two rows. Only the
+    backbones the paradigm uses are named; the fingerprints (weights identity) ride along.
+    """
+    names = {
+        "llm": models.llm.name + (f"@{models.llm.revision}" if models.llm.revision else ""),
+        "scorer": models.scorer.kind if models.scorer.kind == "tag-minilm"
+        else f"{models.scorer.kind}:{models.scorer.model}" + (f"/{models.scorer.pretrained}" if models.scorer.kind == "open_clip" else ""),
+        "tools": _experts(fingerprints.get("tools", ""), paradigm_options or {}),
+        "vision_encoder": models.vision_encoder.kind + (f":{models.vision_encoder.name}" if models.vision_encoder.name else ""),
+        "text_embedder": models.text_embedder.name,
+    }
+    out = {f"backbone.{BACKBONE_ROLES[u]}": names[u] for u in uses if u in names}
+    out["backbone_fingerprints"] = json.dumps({BACKBONE_ROLES.get(u, u): fingerprints.get(u, "?") for u in uses},
+                                              sort_keys=True)
+    return out
+
+
+def summary_metrics(frame: Any) -> dict[str, float]:
+    """Primary scores for the parent run, on the report's scale: ``<task>/<k>-shot/<paradigm>/<metric>``.
+
+    ``frame`` is :func:`harness.report.results_frame`; trials are averaged. The MLflow runs table then
+    shows each ``mmbench run``'s numbers without opening its nested runs.
+    """
+    from harness.report import display_scale
+
+    out: dict[str, float] = {}
+    if frame is None or len(frame) == 0:
+        return out
+    prim = frame[frame["primary"]]
+    for (task, shots, paradigm, metric), g in prim.groupby(["task", "shots", "paradigm", "metric"], sort=True):
+        s = display_scale(metric)
+        key = f"{task}/{shots}-shot/{paradigm}/{metric}"
+        out[key] = float(g["value"].mean()) * s
+        out[f"{key}_ci_low"] = float(g["ci_low"].mean()) * s
+        out[f"{key}_ci_high"] = float(g["ci_high"].mean()) * s
+    return out
 
 
 def _param_str(v: Any) -> str:

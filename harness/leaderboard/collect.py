@@ -1,7 +1,10 @@
 """Read mmbench runs back from an MLflow tracking store (sqlite file or a server).
 
-Runs made on several machines can be logged to one store; when several parent runs evaluated the
-same (paradigm, task, shots, trial), the one that started last wins, so a rerun replaces old numbers.
+Runs made on several machines can be logged to one store. An evaluation is identified by what was
+compared: the paradigm (with its options), its backbones (LLM, scorer, experts, encoder, text
+embedder), the data (task and its data fingerprint), shots and trial. Runs that differ in any of
+these are separate rows; when several parent runs evaluated exactly the same thing, the one that
+started last wins, so a rerun replaces old numbers and nothing else.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 #: Counters summed in the failure table (logged as metrics on every nested run).
 FAILURE_COUNTERS = ("n_failed", "parse_errors", "tool_failures", "budget_exhausted")
@@ -30,8 +33,47 @@ class UnitRun:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def key(self) -> tuple[str, str, int, int]:
-        return (self.paradigm, self.task, self.shots, self.trial)
+    def backbones(self) -> dict[str, str]:
+        """Role → backbone name (``llm``, ``scorer``, ``experts``, ``encoder``, …); empty for old runs.
+
+        An ``experts`` run parameter (the configured expert set) wins over the toolbox name."""
+        out = {k[len("backbone."):]: v for k, v in self.params.items() if k.startswith("backbone.")}
+        if self.params.get("experts"):
+            out["experts"] = self.params["experts"]
+        return out
+
+    @property
+    def options_digest(self) -> str:
+        """Short digest of the paradigm's options: two option sets under one label stay two rows."""
+        import hashlib
+
+        return hashlib.sha256(self.params.get("paradigm_options", "").encode()).hexdigest()[:6]
+
+    @property
+    def setup(self) -> tuple[str, tuple[tuple[str, str], ...], str]:
+        """What was compared on the model side: paradigm, backbone set, paradigm options."""
+        return (self.paradigm, tuple(sorted(self.backbones.items())), self.options_digest)
+
+    @property
+    def data(self) -> str:
+        """The data side: task name plus the data fingerprint the run logged (if any)."""
+        fp = self.params.get("task_fingerprint", "")
+        return f"{self.task}@{fp[:10]}" if fp else self.task
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.setup, self.data, self.shots, self.trial)
+
+    @property
+    def is_oracle(self) -> bool:
+        """An oracle run (human references given to the LLM as if an expert had produced them).
+
+        Read from whichever record the run has: a ``perception`` param, the configured experts, or the
+        paradigm options naming the ``reference_captions`` expert; False when none is logged."""
+        if self.params.get("perception") == "oracle" or self.tags.get("mmbench.oracle") == "true":
+            return True
+        text = " ".join(self.params.get(k, "") for k in ("experts", "paradigm_options", "backbone.experts"))
+        return "reference_captions" in text
 
     @property
     def paradigm(self) -> str:
@@ -93,13 +135,14 @@ class ParentRun:
 
 @dataclass
 class Store:
-    """The latest unit runs of an experiment and the parents they came from."""
+    """The latest unit runs of the chosen experiments/runs and the parents they came from."""
 
     uri: str
     experiment: str
     units: list[UnitRun]
     parents: dict[str, ParentRun]
     superseded: int = 0
+    selection: str = ""
 
 
 def _download_json(client: Any, run_id: str, path: str, *, lines: bool) -> Any:
@@ -110,34 +153,68 @@ def _download_json(client: Any, run_id: str, path: str, *, lines: bool) -> Any:
             return [] if lines else {}
         text = Path(local).read_text(encoding="utf-8")
     if lines:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [json.loads(line) for line in text.split("\n") if line.strip()]
     return json.loads(text) if text.strip() else {}
 
 
-def load_store(uri: str, experiment: str, *, with_rows: bool = True) -> Store:
-    """All finished mmbench unit runs of ``experiment``, latest per (paradigm, task, shots, trial)."""
+def _experiment_ids(client: Any, uri: str, experiments: Sequence[str]) -> list[str]:
+    ids = []
+    for name in experiments:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            names = [e.name for e in client.search_experiments()]
+            raise ValueError(f"no MLflow experiment {name!r} in {uri}; experiments there: {names}")
+        ids.append(exp.experiment_id)
+    return ids
+
+
+def _chosen_parents(client: Any, exp_ids: list[str], runs: Sequence[str]) -> set[str]:
+    """Parent run ids named by ``--runs`` (a run id or a parent run name); unknown names are an error."""
+    parents = [r for r in _search(client, exp_ids, "") if "mlflow.parentRunId" not in r.data.tags]
+    by_name: dict[str, list[str]] = {}
+    for p in parents:
+        by_name.setdefault(p.info.run_name or "", []).append(p.info.run_id)
+    chosen: set[str] = set()
+    for want in runs:
+        hit = [p.info.run_id for p in parents if p.info.run_id == want] or by_name.get(want, [])
+        if not hit:
+            known = sorted(f"{p.info.run_name} ({p.info.run_id})" for p in parents)[:20]
+            raise ValueError(f"no parent run {want!r} (id or name) in the chosen experiment(s); some there: {known}")
+        chosen.update(hit)
+    return chosen
+
+
+def _search(client: Any, exp_ids: list[str], filter_string: str) -> list[Any]:
+    out, token = [], None
+    while True:
+        page = client.search_runs(exp_ids, filter_string, max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def load_store(uri: str, experiment: str | Sequence[str], *, runs: Sequence[str] = (),
+               with_rows: bool = True) -> Store:
+    """Finished mmbench unit runs of the experiment(s), latest per (setup, data, shots, trial).
+
+    ``runs`` restricts to those parent runs (ids or names); empty = every run of the experiment(s).
+    """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
 
+    experiments = [experiment] if isinstance(experiment, str) else list(experiment)
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise ValueError(f"no MLflow experiment {experiment!r} in {uri}; experiments there: {names}")
-    runs = []
-    token = None
-    while True:
-        page = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=1000,
-                                  page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
-    latest: dict[tuple[str, str, int, int], UnitRun] = {}
+    exp_ids = _experiment_ids(client, uri, experiments)
+    chosen = _chosen_parents(client, exp_ids, runs) if runs else None
+    found = _search(client, exp_ids, "attributes.status = 'FINISHED'")
+    latest: dict[tuple[Any, ...], UnitRun] = {}
     total = 0
-    for r in runs:
+    for r in found:
         tags = dict(r.data.tags)
         if "mlflow.parentRunId" not in tags or "mmbench.task" not in tags or "mmbench.paradigm" not in tags:
+            continue
+        if chosen is not None and tags["mlflow.parentRunId"] not in chosen:
             continue
         total += 1
         u = UnitRun(r.info.run_id, tags["mlflow.parentRunId"], int(r.info.start_time or 0), tags,
@@ -156,4 +233,5 @@ def load_store(uri: str, experiment: str, *, with_rows: bool = True) -> Store:
                 p.info.run_id, p.info.run_name or p.info.run_id, int(p.info.start_time or 0), dict(p.data.params),
                 _download_json(client, p.info.run_id, "reproducibility.json", lines=False),
             )
-    return Store(uri, experiment, units, parents, superseded=total - len(units))
+    selection = f"parent runs {sorted(runs)}" if runs else "all runs"
+    return Store(uri, ", ".join(experiments), units, parents, superseded=total - len(units), selection=selection)
