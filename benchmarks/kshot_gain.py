@@ -31,27 +31,28 @@ def main() -> None:
     client = MlflowClient(tracking_uri=default_tracking_uri(args.results_dir))
     exp = client.get_experiment_by_name("mmbench")
     col = f"score_{args.metric}"
-    scores: dict[str, dict[int, list[dict[str, float]]]] = defaultdict(lambda: defaultdict(list))
-    for r in client.search_runs([exp.experiment_id], max_results=5000):
+    # paradigm -> shots -> trial -> per-sample scores; a rerun logs cached units again: newest run wins
+    scores: dict[str, dict[int, dict[int, dict[str, float]]]] = defaultdict(lambda: defaultdict(dict))
+    for r in client.search_runs([exp.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"]):
         p = r.data.params
-        if "shots" not in p:
-            continue  # parent and training runs
+        if "shots" not in p or "trial" not in p or int(p["trial"]) in scores[p["paradigm"]][int(p["shots"])]:
+            continue  # parent and training runs; older logs of a unit
         try:
             rows = _rows(client, r.info.run_id)
         except ValueError:
             continue
         if rows and col in rows[0]:
-            scores[p["paradigm"]][int(p["shots"])].append({x["sample_id"]: float(x[col]) for x in rows})
+            scores[p["paradigm"]][int(p["shots"])][int(p["trial"])] = {x["sample_id"]: float(x[col]) for x in rows}
     rng = np.random.default_rng(0)
     for para in sorted(scores):
         if 0 not in scores[para]:
             continue
-        base = scores[para][0][0]
+        base = scores[para][0][min(scores[para][0])]
         ids = sorted(base)
         b = 100 * np.array([base[i] for i in ids])
         cells = [f"{b.mean():.1f}"]
         for k in (int(s) for s in args.shots.split(",")):
-            trials = scores[para].get(k, [])
+            trials = list(scores[para].get(k, {}).values())
             if not trials:
                 cells.append("—")
                 continue
