@@ -176,6 +176,9 @@ def test_hub_id_can_be_overridden_and_is_reported(monkeypatch, tmp_path: Path) -
         return datasets.Dataset.from_dict(SCHEMAS["okvqa"], features=_features(SCHEMAS["okvqa"]))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a branch name cannot be resolved to a commit offline
     ds = load_dataset("hub_okvqa", "val", {"hub_id": "lmms-lab-encoder/OK-VQA", "revision": "abc123"})
     assert seen["hub_id"] == "lmms-lab-encoder/OK-VQA" and seen["revision"] == "abc123"
-    assert ds.source == "hub:lmms-lab-encoder/OK-VQA@abc123"
+    assert ds.source == "hub:lmms-lab-encoder/OK-VQA@unpinned:abc123"
+    sha = "0123456789abcdef0123456789abcdef01234567"  # a commit is its own pin
+    assert load_dataset("hub_okvqa", "val", {"hub_id": "x/OK-VQA", "revision": sha}).source == f"hub:x/OK-VQA@{sha}"
