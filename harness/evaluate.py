@@ -100,9 +100,10 @@ def _unit_params(r: UnitResult, config_hash: str) -> dict[str, Any]:
         "dataset_license": ds.license,
         "support_size": len(u.task.support) if u.task.support else 0,
         "task_fingerprint": u.task.fingerprint,
-        "support_split": u.task.spec.support_split if u.shots > 0 else None,
-        "support_source": u.task.support.source if u.shots > 0 and u.task.support else None,
-        "shot_strategy": r.shot_strategy,
+        # Logged on every unit (the explorer reloads demonstrations from it); "" where there is none.
+        "support_split": u.task.spec.support_split or "",
+        "support_source": u.task.support.source if u.shots > 0 and u.task.support else "",
+        "shot_strategy": r.shot_strategy or "",
         "prompt_template": u.task.spec.prompt,
         "paradigm_options": u.paradigm.options.model_dump(mode="json"),
         "config_hash": config_hash,

@@ -380,6 +380,12 @@ def _experts(fingerprint: str, paradigm_options: Mapping[str, Any]) -> str:
     return "+".join(names) or "tools"
 
 
+def _llm_name(llm: Any) -> str:
+    if getattr(llm, "source", "") == "openai":  # a served model: its id at the endpoint (never the URL)
+        return f"served:{llm.model}"
+    return llm.name + (f"@{llm.revision}" if llm.revision else "")
+
+
 def backbone_params(models: Any, uses: Sequence[str], fingerprints: Mapping[str, str],
                     paradigm_options: Mapping[str, Any] | None = None) -> dict[str, str]:
     """What a nested run was computed with, by role (``backbone.llm``, ``backbone.scorer``, …).
@@ -388,7 +394,7 @@ def backbone_params(models: Any, uses: Sequence[str], fingerprints: Mapping[str,
     backbones the paradigm uses are named; the fingerprints (weights identity) ride along.
     """
     names = {
-        "llm": models.llm.name + (f"@{models.llm.revision}" if models.llm.revision else ""),
+        "llm": _llm_name(models.llm),
         "scorer": models.scorer.kind if models.scorer.kind == "tag-minilm"
         else f"{models.scorer.kind}:{models.scorer.model}" + (f"/{models.scorer.pretrained}" if models.scorer.kind == "open_clip" else ""),
         "tools": _experts(fingerprints.get("tools", ""), paradigm_options or {}),

@@ -366,7 +366,7 @@ def test_hf_clip_scorer_is_clip(tiny: tuple[Path, Path]) -> None:
     assert sc.embed_texts(texts[:1]).shape == (1, model.config.projection_dim)
 
 
-def test_hf_clip_fingerprint_and_config(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+def test_hf_clip_fingerprint_and_config(tiny: tuple[Path, Path], tmp_path: Path, monkeypatch) -> None:
     import shutil
 
     from harness.backbones import Backbones
@@ -374,9 +374,12 @@ def test_hf_clip_fingerprint_and_config(tiny: tuple[Path, Path], tmp_path: Path)
     from harness.models.hf_clip import HFClipScorer
 
     _, c = tiny
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline a branch cannot be resolved: labelled unpinned
     hub = HFClipScorer("openai/clip-vit-base-patch32@abc123")
-    assert hub.fingerprint().startswith("hf_clip:hub:openai/clip-vit-base-patch32@abc123[")
-    assert HFClipScorer("openai/clip-vit-base-patch32").fingerprint().startswith("hf_clip:hub:openai/clip-vit-base-patch32@main[")
+    assert hub.fingerprint().startswith("hf_clip:hub:openai/clip-vit-base-patch32@unpinned:abc123[")
+    assert HFClipScorer("openai/clip-vit-base-patch32").fingerprint().startswith("hf_clip:hub:openai/clip-vit-base-patch32@unpinned:main[")
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    assert HFClipScorer(f"openai/clip-vit-base-patch32@{sha}").fingerprint().startswith(f"hf_clip:hub:openai/clip-vit-base-patch32@{sha}[")
     other = tmp_path / "clip"
     shutil.copytree(c, other)
     assert HFClipScorer(str(other)).fingerprint() == HFClipScorer(str(c)).fingerprint()

@@ -171,13 +171,17 @@ def test_max_new_tokens_option_overrides_the_task(idefics3_dir):
     assert a.error is None and a.llm_tokens_out <= 2
 
 
-def test_fingerprint_names_the_weights_and_dtype(idefics3_dir, tmp_path):
+def test_fingerprint_names_the_weights_and_dtype(idefics3_dir, tmp_path, monkeypatch):
     cls = get_paradigm("trained_adapter/vlm_pretrained")
     local = cls(None, cls.Options(model=str(idefics3_dir), dtype="float32"), GEN).fingerprint()
     assert local["weights"].startswith(f"local:{idefics3_dir.name}:") and local["dtype"] == "float32"
     assert cls(None, cls.Options(model=str(idefics3_dir), dtype="bfloat16"), GEN).fingerprint() != local
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline a branch cannot be resolved: labelled unpinned
     hub = cls(None, cls.Options(model="HuggingFaceTB/SmolVLM-256M-Instruct@abc123"), GEN).fingerprint()
-    assert hub["weights"] == "hub:HuggingFaceTB/SmolVLM-256M-Instruct@abc123"
+    assert hub["weights"] == "hub:HuggingFaceTB/SmolVLM-256M-Instruct@unpinned:abc123"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    assert cls(None, cls.Options(model=f"HuggingFaceTB/SmolVLM-256M-Instruct@{sha}"), GEN).fingerprint()["weights"] \
+        == f"hub:HuggingFaceTB/SmolVLM-256M-Instruct@{sha}"
     # A different folder with other weights gets a different digest.
     other = Path(shutil.copytree(idefics3_dir, tmp_path / "other"))
     (other / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes() + b"\0")

@@ -292,8 +292,9 @@ def fewshot_tasks(frame: pd.DataFrame) -> list[str]:
 
 
 #: Where a per-sample money figure is read from, in order: a metric (mean per sample), then row fields.
-MONEY_METRICS = ("money_mean", "cost_mean", "cost_usd_mean")
-MONEY_FIELDS = ("money", "cost", "cost_usd")
+#: ``llm_cost``: a served LLM's price table applied to each response's token usage (harness/runner.py).
+MONEY_METRICS = ("llm_cost_mean", "money_mean", "cost_mean", "cost_usd_mean")
+MONEY_FIELDS = ("llm_cost", "money", "cost", "cost_usd")
 
 
 def _money(trials: Sequence[UnitRun]) -> float:
