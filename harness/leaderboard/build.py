@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 from harness.leaderboard import plots, tables
 from harness.leaderboard.collect import Store, load_store
@@ -40,13 +39,10 @@ def safe_name(text: str) -> str:
 
 
 def public_uri(uri: str) -> str:
-    """The tracking URI without credentials (``https://user:token@host`` → ``https://host``)."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return uri
+    """The tracking URI without credentials (``https://user:token@host`` → ``https://***@host``)."""
+    from harness.tracking import redact_uri
+
+    return redact_uri(uri)
 
 
 def _intro(store: Store) -> str:

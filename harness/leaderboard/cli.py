@@ -36,7 +36,9 @@ def report_cmd(experiments: tuple[str, ...], runs: tuple[str, ...], out_dir: Pat
         files = build_report(uri, list(experiments), out, runs=chosen, n_boot=bootstrap, explorer_limit=explorer_limit,
                              thumbnails=not no_thumbnails)
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+        from harness.tracking import redact_uri
+
+        raise click.ClickException(redact_uri(str(exc))) from None
     from harness.leaderboard.build import public_uri
 
     click.echo(f"report from {files.n_units} evaluations in {public_uri(uri)}:")
