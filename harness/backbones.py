@@ -114,8 +114,16 @@ class Backbones:
         return fp
 
     def loaded(self) -> list[str]:
-        """Which backbones were actually loaded (for the run log)."""
-        return [k for k in ("llm", "text_embedder", "tools", "experts", "scorer", "vision_encoder") if k in self.__dict__]
+        """Which backbones were actually loaded (for the run log). The tool box and the expert registry
+        are built without loading any model (paradigms build them to describe their perception even on
+        a fully cached rerun); they count once one of their models has loaded."""
+        out = []
+        for k in ("llm", "text_embedder", "tools", "experts", "scorer", "vision_encoder"):
+            obj = self.__dict__.get(k)
+            if obj is None or (k in ("tools", "experts") and hasattr(obj, "any_loaded") and not obj.any_loaded()):
+                continue
+            out.append(k)
+        return out
 
     # ------------------------------------------------------------ fingerprints
     def fingerprints(self) -> dict[str, str]:

@@ -268,6 +268,10 @@ class ExpertRegistry:
                 hit = self._cache.setdefault(key, hit)
         return expert.finalize(hit, withheld)
 
+    def any_loaded(self) -> bool:
+        """Whether any expert has loaded its model (building the registry loads none)."""
+        return any(e._loaded is not None for e in self)
+
     def cache_stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(self._hits, self._misses, len(self._cache))

@@ -468,6 +468,10 @@ class ToolBox:
     def names(self) -> tuple[str, ...]:
         return tuple(self.tools)
 
+    def any_loaded(self) -> bool:
+        """Whether any tool has loaded its model (a tool without a lazy model counts as loaded)."""
+        return any(getattr(getattr(t, "_model", None), "loaded", True) for t in self.tools.values())
+
     def describe(self) -> str:
         """One line per tool, ``name: description`` — the tool list shown to an agent LLM."""
         return "\n".join(f"{t.name}: {t.description}" for t in self.tools.values())
