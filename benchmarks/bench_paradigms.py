@@ -61,7 +61,7 @@ def main() -> None:
             wall = time.perf_counter() - t
             if proc.returncode != 0:
                 raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
-            (run_dir,) = list((results / "runs").iterdir())
+            run_dir = results / "runs" / "latest"  # the run just made (each run has its own folder)
             usage = json.loads((run_dir / "resources.json").read_text())
             timings = json.loads((run_dir / "timings.json").read_text())
             row = {"paradigm": name, "wall_seconds": wall, **usage,

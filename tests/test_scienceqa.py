@@ -123,7 +123,7 @@ def test_qcm_a_and_qcm_ale_end_to_end_with_the_packaged_llm(tmp_path) -> None:
             assert r["prediction"] == p["choices"][ord(parsed) - 65]
         else:
             assert trace["parse_errors"] == 1 and r["prediction"] in p["choices"]  # the authors' random pick
-    (csv,) = list((tmp_path / "r" / "runs").glob("*/results.csv"))
+    csv = tmp_path / "r" / "runs" / "latest" / "results.csv"  # each run has its own folder; latest is this one
     frame = pd.read_csv(csv)
     for label in ("sqa-A", "sqa-ALE"):
         mine = frame[frame["paradigm"] == label].set_index("metric")["value"]

@@ -202,7 +202,7 @@ def test_server_killed_mid_run_stops_clearly_and_rerun_resumes(runs, smollm2_dir
     inproc = {sid: pred for (u, sid), (pred, _) in _predictions(runs["inproc"]).items() if u.startswith("text_conversion/pica") and "photos_vqa" in u}
     import pandas as pd
 
-    (csv,) = list((results / "runs").glob("*/results.csv"))
+    csv = results / "runs" / "latest" / "results.csv"  # the resumed run: each run has its own folder
     assert set(pd.read_csv(csv)["n_failed"]) == {0.0}
     rows = [json.loads(line) for line in next((results / "mlartifacts").rglob("predictions.jsonl")).read_text().splitlines()]
     by_id = {r["sample_id"]: r["prediction"] for r in rows}
