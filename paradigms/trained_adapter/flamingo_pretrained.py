@@ -142,18 +142,11 @@ class FlamingoPretrained(VlmPretrained):
         for b, i in enumerate(idx):
             ids, text = self._decode(seqs[b], requests[i])
             prompt_ids = enc["input_ids"][b][enc["attention_mask"][b].bool()]
-            out[i] = Answer(
-                text=text,
-                latency_s=t.elapsed / len(idx),
-                llm_tokens_in=int(enc["attention_mask"][b].sum()),
-                llm_tokens_out=len(ids),
-                trainable_params=0,
-                trace={
-                    "model": self.options.model,
-                    "format": self.options.format,
-                    "prompt": tok.decode(prompt_ids),
-                    "n_images": rendered[i][1],
-                    "n_shots": len(requests[i].shots),
-                    "image_tokens": int((prompt_ids == image_id).sum()),
-                },
-            )
+            out[i] = self._answer(enc, b, ids, text, t.elapsed / len(idx), {
+                "model": self.options.model,
+                "format": self.options.format,
+                "prompt": tok.decode(prompt_ids),
+                "n_images": rendered[i][1],
+                "n_shots": len(requests[i].shots),
+                "image_tokens": int((prompt_ids == image_id).sum()),
+            })

@@ -176,6 +176,12 @@ class VlmPretrained(Paradigm):
         )
         return enc, seqs[:, enc["input_ids"].shape[1]:]  # decoder-only: generate returns the prompt too
 
+    @staticmethod
+    def _answer(enc: Any, b: int, ids: Any, text: str, latency_s: float, trace: dict[str, Any]) -> Answer:
+        """Row ``b`` of a generated batch as an Answer (nothing here is trained: 0 trainable parameters)."""
+        return Answer(text=text, latency_s=latency_s, llm_tokens_in=int(enc["attention_mask"][b].sum()),
+                      llm_tokens_out=len(ids), trainable_params=0, trace=trace)
+
     def _decode(self, new_tokens: torch.Tensor, r: Request) -> tuple[list[int], str]:
         """The answer's ids (up to and including EOS; padding after it does not count) and its text."""
         ids = new_tokens.tolist()[: self._max_new(r)]
@@ -204,11 +210,4 @@ class VlmPretrained(Paradigm):
             }
             if image_token_id is not None:
                 trace["image_tokens"] = int((enc["input_ids"][b] == image_token_id).sum())
-            out[i] = Answer(
-                text=text,
-                latency_s=t.elapsed / len(idx),
-                llm_tokens_in=int(enc["attention_mask"][b].sum()),
-                llm_tokens_out=len(ids),
-                trainable_params=0,
-                trace=trace,
-            )
+            out[i] = self._answer(enc, b, ids, text, t.elapsed / len(idx), trace)
