@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
+
+from harness.config import Strict
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.backbones import Backbones
@@ -29,10 +31,9 @@ def image_path(image_id: str) -> str:
     return f"image/{hashlib.sha1(image_id.encode()).hexdigest()[:8]}.png"
 
 
-class ImageInput(BaseModel):
+class ImageInput(Strict):
     """Input of a tool that looks at one image."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     image: str = Field(pattern=f"^{IMAGE_PATH_RE}$")
 
 
@@ -137,10 +138,9 @@ def _norm(name: str) -> str:
 # ---------------------------------------------------------------------------------- building
 
 
-class AgentToolsOptions(BaseModel):
+class AgentToolsOptions(Strict):
     """Which tools the agent gets and how the scorer tool decides yes/no."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     tools: tuple[str, ...] | None = None  # names to keep (default: all available)
     scorer_threshold: float = 0.3
     max_observation_chars: int = Field(600, ge=50)

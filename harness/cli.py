@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from harness.config import ConfigError, default_config_path, load_config
+from harness.registry import FAMILIES
 
 
 def _csv_ints(value: str | None) -> tuple[int, ...] | None:
@@ -79,7 +80,7 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.option("--paradigm", "paradigm", multiple=True, default=("all",), show_default=True,
-              help="'all', a family (tool_agent, text_conversion, guided_decoding, trained_adapter) or family/variant. Repeatable.")
+              help=f"'all', a family ({', '.join(FAMILIES)}) or family/variant (see `mmbench list`). Repeatable.")
 @click.option("--task", "task", multiple=True, help="Task name(s) to run (default: the config's tasks). Repeatable.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="YAML suite (default: configs/default.yaml).")

@@ -1,10 +1,11 @@
 """Run configuration: YAML suites validated before any model is touched.
 
 Every section is a pydantic model with ``extra="forbid"`` so a typo'd key stops the run with the
-key's name and the valid keys. Names of paradigms, tasks and models are checked against their
-registries (see :func:`harness.registry.validate_config`). The run's identity is a hash of the
-resolved config minus the settings that cannot change an answer (where results and tracking go,
-batch sizes, progress display).
+key's name and the valid keys. Paradigm and task names, and each paradigm's options (its strict
+``Options`` model), are checked against their registries when the run is planned (``plan_run``),
+still before any model loads; model sources and kinds are closed sets here (model names are
+checked when the model loads). The run's identity is a hash of the resolved config minus the
+settings that cannot change an answer (where results and tracking go, batch sizes, progress display).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from harness.experts import ExpertSpec
 
 
 class Strict(BaseModel):
+    """Base of every config and option model: an unknown key is an error, values are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 

@@ -1,11 +1,14 @@
 """The one contract every paradigm implements: ``answer(image, prompt, shots) -> Answer``.
 
 The runner only ever calls :meth:`Paradigm.answer_batch`; ``answer`` is the single-sample
-convenience form and is defined in terms of it, so the two cannot drift apart.
+convenience form and is defined in terms of it, so the two cannot drift apart. Images are
+identified by their content (:func:`image_id_of`) in both: paradigms cache per-image work (tool
+outputs, conversions, encoder features) under that id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -18,12 +21,27 @@ if TYPE_CHECKING:  # pragma: no cover
     from harness.models.llm import GenerationSettings
 
 TaskKind = Literal["caption", "vqa", "multiple_choice", "binding"]
-TASK_KINDS: tuple[str, ...] = ("caption", "vqa", "multiple_choice", "binding")
+
+#: The shared backbones a paradigm may declare in ``uses``: the keys of
+#: :meth:`harness.backbones.Backbones.fingerprints`, whose values enter the paradigm's cache keys.
+BACKBONE_NAMES: tuple[str, ...] = ("llm", "text_embedder", "tools", "scorer", "vision_encoder")
+
+
+def image_id_of(img: Image.Image) -> str:
+    """Content id of a decoded image: equal pixels -> equal id, whatever file it came from."""
+    h = hashlib.sha1()
+    h.update(f"{img.mode}:{img.size}".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()[:20]
 
 
 @dataclass(frozen=True)
 class Shot:
-    """One in-context demonstration: an image, the prompt it was asked with and the expected answer."""
+    """One in-context demonstration: an image, the prompt it was asked with and the expected answer.
+
+    ``image_id`` identifies the image for per-image caches; left empty (``""``) it is computed from
+    the image's content (:func:`image_id_of`), so two different images never share one.
+    """
 
     sample_id: str
     image_id: str
@@ -33,6 +51,10 @@ class Shot:
     question: str = ""  # the raw question (empty for captioning); ``prompt`` is the rendered template
     choices: tuple[str, ...] = ()  # the demonstration's options (multiple choice)
     meta: Mapping[str, Any] = field(default_factory=dict)  # the dataset's extra fields (e.g. ScienceQA hint, lecture)
+
+    def __post_init__(self) -> None:
+        if not self.image_id and self.image is not None:
+            object.__setattr__(self, "image_id", image_id_of(self.image))
 
 
 @dataclass(frozen=True)
@@ -127,8 +149,9 @@ class Answer:
 class Paradigm(ABC):
     """Base class of every paradigm variant.
 
-    Subclasses set ``family`` (one of the four paradigms) and ``variant``, declare a pydantic
-    ``Options`` model (validated before any compute), and implement ``answer_batch``.
+    Subclasses set ``family`` (one of :data:`harness.registry.FAMILIES`) and ``variant``, declare a
+    strict pydantic ``Options`` model (validated before any compute) and ``uses``, and implement
+    ``answer_batch``; :func:`harness.registry.register_paradigm` checks all of it at import.
     They receive the run's shared :class:`~harness.backbones.Backbones` and must not load their own
     copies of the LLM, scorer or tools.
     """
@@ -136,9 +159,10 @@ class Paradigm(ABC):
     family: ClassVar[str]
     variant: ClassVar[str]
     description: ClassVar[str] = ""
-    Options: ClassVar[type]  # a pydantic BaseModel subclass with extra="forbid"
-    #: Which shared backbones this paradigm reads; only their fingerprints enter its cache keys.
-    uses: ClassVar[tuple[str, ...]] = ("llm",)
+    Options: ClassVar[type]  # a harness.config.Strict subclass (pydantic, extra="forbid")
+    #: Which shared backbones (:data:`BACKBONE_NAMES`) this variant reads; only their fingerprints
+    #: enter its cache keys. No default: every registered variant declares it in its own body.
+    uses: ClassVar[tuple[str, ...]]
 
     def __init__(self, backbones: "Backbones", options: Any, generation: "GenerationSettings") -> None:
         self.backbones = backbones
@@ -177,10 +201,15 @@ class Paradigm(ABC):
         *,
         kind: TaskKind = "vqa",
         choices: Sequence[str] = (),
-        image_id: str = "image",
+        image_id: str | None = None,
         question: str = "",
         max_new_tokens: int = 16,
     ) -> Answer:
+        """Answer one sample. ``image_id`` defaults to the image's content id (as the runner's), so
+        per-image caches never hand one image's results to another; shots built with an empty
+        ``image_id`` get theirs the same way (:class:`Shot`)."""
+        if image_id is None:
+            image_id = image_id_of(image) if image is not None else "no-image"
         req = Request(
             sample_id="single",
             image_id=image_id,

@@ -10,7 +10,6 @@ Order of work, chosen so that mistakes surface before compute and nothing comput
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
@@ -22,7 +21,7 @@ from harness.backbones import Backbones
 from harness.cache import ResultCache, sample_key
 from harness.config import ConfigError, ParadigmSpec, RunConfig, format_validation_error, repo_root, stable_hash
 from harness.failures import describe, is_transient
-from harness.interface import Answer, Paradigm, Request, RetryableFailure, Shot
+from harness.interface import Answer, Paradigm, Request, RetryableFailure, Shot, image_id_of
 from harness.models.llm import GenerationSettings
 from harness.models.served_llm import llm_cost
 from harness.registry import FAMILIES, paradigms
@@ -294,14 +293,6 @@ def _plan_task(
 
 
 # ---------------------------------------------------------------------- execution
-def image_id_of(img: Any) -> str:
-    """Content id of a decoded image: equal pixels -> equal id, whatever file it came from."""
-    h = hashlib.sha1()
-    h.update(f"{img.mode}:{img.size}".encode())
-    h.update(img.tobytes())
-    return h.hexdigest()[:20]
-
-
 @dataclass
 class _Prepared:
     sample: Sample

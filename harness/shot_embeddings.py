@@ -24,7 +24,7 @@ CHUNK = 64  # images decoded and embedded at a time (bounds memory on large supp
 
 
 def _content_id(img: Any) -> str:
-    from harness.runner import image_id_of
+    from harness.interface import image_id_of
 
     return image_id_of(img)
 

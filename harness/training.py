@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import Field, model_serializer
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from harness.atomic import atomic_json, atomic_path, remove_stale_temps, set_aside
 from harness.cache import fault_point
+from harness.config import Strict
 
 STATE_FILE = "train_state.safetensors"
 #: Key of the JSON scalars (step, loss curve, optimiser groups) in the state file's header.
@@ -38,10 +39,8 @@ FINAL_FILE = "connector.safetensors"
 FINAL_META = "meta.json"
 
 
-class TrainOptions(BaseModel):
+class TrainOptions(Strict):
     """Optimisation settings; all of them enter the adapter's checkpoint key."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Defaults sized for ~1-2 minutes on 2 CPU cores with SmolLM2-135M (a backward pass through
     # the frozen 135M LLM costs ~2 s for 4 captions there); raise them on a GPU.

@@ -1,10 +1,11 @@
-"""The built-in paradigm variants; importing this package registers them."""
+"""The built-in paradigm variants; importing this package registers them.
+
+One subpackage per family in :data:`harness.registry.FAMILIES`; each imports its variant modules.
+"""
 
 import importlib
 
-for _mod in ("text_conversion", "tool_agent", "guided_decoding", "trained_adapter"):
-    try:
-        importlib.import_module(f"paradigms.{_mod}")
-    except ModuleNotFoundError as exc:  # a family still being written must not hide the others
-        if exc.name != f"paradigms.{_mod}":
-            raise
+from harness.registry import FAMILIES
+
+for _family in FAMILIES:
+    importlib.import_module(f"paradigms.{_family}")

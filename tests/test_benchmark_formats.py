@@ -209,7 +209,7 @@ def test_retrieval_with_the_run_scorer_most_similar_last_and_support_embeddings_
 ) -> None:
     import numpy as np
 
-    from harness.runner import image_id_of
+    from harness.interface import image_id_of
 
     runner, unit = _runner(tmp_path, _ref(task, data[task]), strategy, "a.sqlite")
     chosen = runner._select_unit_shots(unit)

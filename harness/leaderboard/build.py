@@ -101,7 +101,8 @@ def build_report(uri: str, experiment: str | Sequence[str], out: Path, *, runs: 
 
     o = _Out(out, files)
     rule = rule_text(tables.n_tests(lb))
-    present = [f for f in tables.FAMILIES if f in set(lb["task_kind"])] + sorted(set(lb["task_kind"]) - set(tables.FAMILIES))
+    kinds = set(lb["task_kind"])
+    present = [k for k in tables.TASK_KIND_ORDER if k in kinds] + sorted(kinds - set(tables.TASK_KIND_ORDER))
     for fam in present:
         tbs: list[Table] = leaderboard_tables(lb, fam, rule)
         pub = published_table(fam)

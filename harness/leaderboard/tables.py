@@ -22,8 +22,8 @@ from harness.report import SCALE_100, display_scale
 
 #: Metrics logged on a 0–1 scale (pycocoevalcap); shown ×100 like in papers.
 CAPTION_0_1 = SCALE_100
-#: The order of the task-family sections.
-FAMILIES = ("caption", "vqa", "binding", "multiple_choice")
+#: The order of the leaderboard's per-task-kind sections (task kinds absent here follow, sorted).
+TASK_KIND_ORDER = ("caption", "vqa", "binding", "multiple_choice")
 #: Backbone roles in the order labels name them; the scaling view uses the first that varies.
 ROLES = ("llm", "scorer", "encoder", "experts", "text_embedder")
 

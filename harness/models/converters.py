@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol, Sequence, Union
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from harness.config import Strict
 from harness.experts.base import Fact
 from harness.experts.captioner import Captioner, strip_prompt
 from harness.experts.captioner import CaptionerSpec as _ExpertCaptionerSpec
@@ -31,12 +32,8 @@ from harness.models.tools import describe_position
 __all__ = ["Fact", "strip_prompt", "ModelUnavailable"]  # re-exported: their old home
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 # --------------------------------------------------------------------------- settings
-class ObjectsSpec(_Strict):
+class ObjectsSpec(Strict):
     """Object detections: label, and (optionally) a coarse position such as ``left`` or ``top right``."""
 
     kind: Literal["objects"] = "objects"
@@ -45,7 +42,7 @@ class ObjectsSpec(_Strict):
     positions: bool = True
 
 
-class TagsSpec(_Strict):
+class TagsSpec(Strict):
     """ImageNet classification labels (PICa's "tags")."""
 
     kind: Literal["tags"] = "tags"
@@ -53,7 +50,7 @@ class TagsSpec(_Strict):
     min_score: float = Field(0.05, ge=0, le=1)
 
 
-class OcrSpec(_Strict):
+class OcrSpec(Strict):
     """Text read in the image, one quoted string per recognised line."""
 
     kind: Literal["ocr"] = "ocr"
@@ -61,14 +58,14 @@ class OcrSpec(_Strict):
     max_lines: int = Field(5, ge=1)
 
 
-class FacesSpec(_Strict):
+class FacesSpec(Strict):
     """Number of faces; omitted when zero unless ``include_zero``."""
 
     kind: Literal["faces"] = "faces"
     include_zero: bool = False
 
 
-class CaptionerSpec(_Strict):
+class CaptionerSpec(Strict):
     """A hub or local image captioner (BLIP, GIT, ...); nothing like it ships in a reachable package registry."""
 
     kind: Literal["captioner"] = "captioner"
@@ -78,7 +75,7 @@ class CaptionerSpec(_Strict):
     device: str = "cpu"
 
 
-class ExpertConverterSpec(_Strict):
+class ExpertConverterSpec(Strict):
     """One of the run's configured experts (``models.experts``) by name; no name: every configured
     expert that describes a whole image (captioner, oracle, detector, classifier, OCR, open-vocabulary
     detector with configured queries), in configured order. A VQA expert is used only when named; it

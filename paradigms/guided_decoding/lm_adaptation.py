@@ -29,9 +29,9 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from harness.config import repo_root, stable_hash
+from harness.config import Strict, repo_root, stable_hash
 from harness.atomic import atomic_json, atomic_path
 from harness.training import STATE_FILE, TrainResult, batch_indices, load_train_state, save_train_state
 from paradigms.guided_decoding.common import positions_from_mask
@@ -47,14 +47,12 @@ SUBDIR = "lm_adaptation"
 
 
 # ---------------------------------------------------------------------------- options
-class CaptionTextFormat(BaseModel):
+class CaptionTextFormat(Strict):
     """How one caption is laid out as LM text: ``start_text`` + caption tokens (+ EOS).
 
     The start text and the caption are tokenised separately and concatenated (as the authors do
     with their start token), so MAGIC decoding from exactly ``start_text`` sees the same prefix ids.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     start_text: str = Field(
         "<-start_of_text->",
@@ -72,7 +70,7 @@ TRAINING_FIELDS = frozenset(
 )
 
 
-class AdaptationOptions(BaseModel):
+class AdaptationOptions(Strict):
     """Where the caption text comes from and how the LM copy is trained.
 
     Caption sources (at least one): ``dataset`` — a task name from ``tasks/specs`` whose dataset
@@ -86,8 +84,6 @@ class AdaptationOptions(BaseModel):
     Training defaults are sized for minutes on CPU with SmolLM2-135M; the authors trained GPT-2
     for 20 000 (COCO) / 10 000 (Flickr30k) steps of 128 captions at lr 2e-5.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: str | None = Field(None, description="task name (tasks/specs/*.yaml) whose dataset's captions are used")
     loader: str | None = Field(None, description="or a dataset loader name (tasks.datasets) with dataset_options")

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from harness.config import Strict
 from harness.interface import Answer, Paradigm, Request
 from harness.models.llm import default_cache_dir
 from harness.registry import register_paradigm
@@ -39,10 +40,8 @@ from paradigms.guided_decoding.lm_adaptation import (
 from paradigms.guided_decoding.magic_search import magic_search
 
 
-class MagicOptions(BaseModel):
+class MagicOptions(Strict):
     """MAGIC's settings; defaults are the authors' COCO ones (Flickr30k used k=25)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     k: int = Field(45, ge=1, description="candidates per step (LM top-k)")
     alpha: float = Field(0.1, ge=0.0, le=1.0, description="degeneration penalty weight")

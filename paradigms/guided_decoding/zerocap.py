@@ -6,8 +6,9 @@ import time
 from typing import Any, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from harness.config import Strict
 from harness.interface import Answer, Paradigm, Request
 from harness.registry import register_paradigm
 from paradigms.guided_decoding.common import (
@@ -23,10 +24,8 @@ from paradigms.guided_decoding.common import (
 from paradigms.guided_decoding.zerocap_search import ZeroCapSettings, zerocap_search
 
 
-class ZeroCapOptions(BaseModel):
+class ZeroCapOptions(Strict):
     """Published ZeroCap settings by default; lower ``beam``/``steps``/``top_candidates`` for CPU."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     beam: int = Field(5, ge=1)
     steps: int = Field(5, ge=0, description="gradient steps on the context per token")

@@ -12,8 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from harness.config import Strict
 from harness.interface import Answer, Paradigm, Request, Shot
 from harness.models.converters import (
     DEFAULT_CONVERTERS,
@@ -34,10 +35,8 @@ from paradigms.text_conversion.prompts import (
 NO_FACTS = "nothing was recognised in the image."
 
 
-class TextConversionOptions(BaseModel):
+class TextConversionOptions(Strict):
     """Settings shared by PICa and PromptCap (all enter the result-cache key)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     converters: tuple[ConverterSpec, ...] = DEFAULT_CONVERTERS
     n_ensemble: int = Field(1, ge=1, description="PICa's m prompts; 5 in the paper")
@@ -53,7 +52,7 @@ class TextConversionOptions(BaseModel):
 
 
 @dataclass
-class _Plan:
+class LlmJob:
     """What one sample asks of the LLM, and what the trace should show."""
 
     kind: str
@@ -93,7 +92,6 @@ class TextConversionParadigm(Paradigm):
 
     family = "text_conversion"
     Options = TextConversionOptions
-    uses: tuple[str, ...] = ("llm", "tools")
     caption_prompt_template: str = ""  # what a captioner converter is asked (PromptCap sets one)
 
     def __init__(self, backbones: Any, options: Any, generation: GenerationSettings) -> None:
@@ -154,7 +152,7 @@ class TextConversionParadigm(Paradigm):
         """Raw completion continues after ``A:`` with a space; a chat reply starts bare."""
         return "" if self.options.use_chat_template else " "
 
-    def _plan(self, r: Request) -> _Plan:
+    def _llm_job(self, r: Request) -> LlmJob:
         if r.image is None:
             raise ValueError("image is missing")
         question = r.question or r.prompt
@@ -173,105 +171,105 @@ class TextConversionParadigm(Paradigm):
         trace: dict[str, Any] = {"context": q_ctx, "query": q_trace, "shots": shot_traces}
         if r.kind == "caption":
             prompts = [caption_prompt(examples, q_ctx)]
-            plan = _Plan("caption", prompts, max_new=r.max_new_tokens)
+            job = LlmJob("caption", prompts, max_new=r.max_new_tokens)
         elif r.kind == "multiple_choice":
             if not r.choices:
                 raise ValueError("multiple-choice sample without choices")
             prompts = [pica_prompt(examples, q_ctx, choice_question(question, r.choices))]
-            plan = _Plan("multiple_choice", prompts, candidates=list(r.choices))
+            job = LlmJob("multiple_choice", prompts, candidates=list(r.choices))
         elif r.kind == "binding":
             words = list(dict.fromkeys(s.answer for s in r.shots))
             prompts = [pica_prompt(examples, q_ctx, question)]
             if self.options.binding_mode == "logprob":
                 if not words:
                     raise ValueError("binding sample without support shots")
-                plan = _Plan("binding", prompts, candidates=words)
+                job = LlmJob("binding", prompts, candidates=words)
             else:
-                plan = _Plan("binding_generate", prompts, max_new=r.max_new_tokens)
+                job = LlmJob("binding_generate", prompts, max_new=r.max_new_tokens)
         else:
             o = self.options
             sets = ensemble_shot_sets(r.shots, o.n_ensemble, o.ensemble_mode, r.sample_id)
             prompts = list(dict.fromkeys(pica_prompt([by_id[s.sample_id] for s in ss], q_ctx, question) for ss in sets))
-            plan = _Plan("vqa", prompts, max_new=min(r.max_new_tokens, self.options.vqa_max_new_tokens))
+            job = LlmJob("vqa", prompts, max_new=min(r.max_new_tokens, self.options.vqa_max_new_tokens))
             trace["shots_per_prompt"] = [len(ss) for ss in sets]
-        plan.prompts = [self._wrap(p) for p in plan.prompts]
-        self._check_length(plan)
-        plan.trace, plan.tool_calls, plan.convert_s = trace, calls, secs
-        plan.trace["prompts"] = plan.prompts
-        return plan
+        job.prompts = [self._wrap(p) for p in job.prompts]
+        self._check_length(job)
+        job.trace, job.tool_calls, job.convert_s = trace, calls, secs
+        job.trace["prompts"] = job.prompts
+        return job
 
-    def _check_length(self, plan: _Plan) -> None:
+    def _check_length(self, job: LlmJob) -> None:
         llm = self.backbones.llm
         limit = getattr(llm.model.config, "max_position_embeddings", None)
         if not limit:
             return
-        longest = max(llm.count_tokens(p) for p in plan.prompts)
-        extra = max([llm.count_tokens(self._space() + c) for c in plan.candidates] + [plan.max_new])
+        longest = max(llm.count_tokens(p) for p in job.prompts)
+        extra = max([llm.count_tokens(self._space() + c) for c in job.candidates] + [job.max_new])
         if longest + extra > limit:
             raise ValueError(f"prompt too long: {longest} + {extra} tokens > the LLM's {limit}")
 
     # ----------------------------------------------------------------- answering
     def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
         answers: list[Answer | None] = [None] * len(requests)
-        plans: dict[int, _Plan] = {}
+        jobs: dict[int, LlmJob] = {}
         for i, r in enumerate(requests):
             try:
-                plans[i] = self._plan(r)
+                jobs[i] = self._llm_job(r)
             except Exception as exc:  # one bad sample (missing image, tool error) must not stop the batch
                 answers[i] = Answer.failed(f"{type(exc).__name__}: {exc}", sample_id=r.sample_id)
         t0 = time.perf_counter()
-        tokens_in = {i: 0 for i in plans}
-        self._generate(plans, tokens_in)
-        self._score(plans, tokens_in)
-        llm_share = (time.perf_counter() - t0) / max(1, len(plans))
-        for i, p in plans.items():
+        tokens_in = {i: 0 for i in jobs}
+        self._generate(jobs, tokens_in)
+        self._score(jobs, tokens_in)
+        llm_share = (time.perf_counter() - t0) / max(1, len(jobs))
+        for i, p in jobs.items():
             answers[i] = self._finish(p, tokens_in[i], llm_share)
         return [a for a in answers if a is not None]
 
-    def _generate(self, plans: dict[int, _Plan], tokens_in: dict[int, int]) -> None:
+    def _generate(self, jobs: dict[int, LlmJob], tokens_in: dict[int, int]) -> None:
         """One ``generate`` call per answer length for every prompt of every sample in the batch."""
-        jobs = [(i, p) for i, plan in plans.items() if not plan.candidates for p in plan.prompts]
+        pending = [(i, p) for i, job in jobs.items() if not job.candidates for p in job.prompts]
         stop = tuple(dict.fromkeys((*self.generation.stop, "\n")))
-        for max_new in sorted({plans[i].max_new for i, _ in jobs}):
-            sub = [(i, p) for i, p in jobs if plans[i].max_new == max_new]
+        for max_new in sorted({jobs[i].max_new for i, _ in pending}):
+            sub = [(i, p) for i, p in pending if jobs[i].max_new == max_new]
             settings = GenerationSettings(max_new, stop, self.generation.greedy, self.generation.temperature)
             gens = self.backbones.llm.generate([p for _, p in sub], settings)
             for (i, _), g in zip(sub, gens):
-                plans[i].generations.append(g)
+                jobs[i].generations.append(g)
                 tokens_in[i] += g.tokens_in
 
-    def _score(self, plans: dict[int, _Plan], tokens_in: dict[int, int]) -> None:
+    def _score(self, jobs: dict[int, LlmJob], tokens_in: dict[int, int]) -> None:
         """Log-probabilities in one call: options (MC/binding) and ensemble members' own answers."""
         pairs: list[tuple[int, str, str]] = []
-        for i, plan in plans.items():
-            if plan.candidates:
-                pairs += [(i, plan.prompts[0], self._space() + c) for c in plan.candidates]
-            elif len(plan.prompts) > 1:
-                pairs += [(i, p, g.text) for p, g in zip(plan.prompts, plan.generations) if g.text.strip()]
+        for i, job in jobs.items():
+            if job.candidates:
+                pairs += [(i, job.prompts[0], self._space() + c) for c in job.candidates]
+            elif len(job.prompts) > 1:
+                pairs += [(i, p, g.text) for p, g in zip(job.prompts, job.generations) if g.text.strip()]
         if not pairs:
             return
         llm = self.backbones.llm
         scores = llm.continuation_logprobs([p for _, p, _ in pairs], [c for _, _, c in pairs])
         for (i, p, c), s in zip(pairs, scores):
-            plans[i].scores.append(s)
+            jobs[i].scores.append(s)
             tokens_in[i] += llm.count_tokens(p + c)
 
-    def _finish(self, plan: _Plan, n_in: int, llm_share: float) -> Answer:
-        trace = plan.trace
-        n_out = sum(g.tokens_out for g in plan.generations)
-        if plan.candidates:
-            best = max(range(len(plan.candidates)), key=lambda k: (plan.scores[k], -k))
-            text = plan.candidates[best]
-            trace["candidates"] = plan.candidates
-            trace["logprobs"] = plan.scores
+    def _finish(self, job: LlmJob, n_in: int, llm_share: float) -> Answer:
+        trace = job.trace
+        n_out = sum(g.tokens_out for g in job.generations)
+        if job.candidates:
+            best = max(range(len(job.candidates)), key=lambda k: (job.scores[k], -k))
+            text = job.candidates[best]
+            trace["candidates"] = job.candidates
+            trace["logprobs"] = job.scores
         else:
-            texts = [g.text.strip() for g in plan.generations]
+            texts = [g.text.strip() for g in job.generations]
             trace["generations"] = texts
             best = 0
             if len(texts) > 1:
                 # PICa: the member whose answer has the highest summed token log-probability wins;
                 # an empty answer has no tokens to score and never wins.
-                it = iter(plan.scores)
+                it = iter(job.scores)
                 full = [next(it) if t else float("-inf") for t in texts]
                 best = max(range(len(texts)), key=lambda k: (full[k], -k))
                 trace["logprobs"] = [s if s != float("-inf") else None for s in full]
@@ -279,9 +277,9 @@ class TextConversionParadigm(Paradigm):
         trace["chosen"] = best
         return Answer(
             text=text,
-            latency_s=plan.convert_s + llm_share,
+            latency_s=job.convert_s + llm_share,
             llm_tokens_in=n_in,
             llm_tokens_out=n_out,
-            tool_calls=plan.tool_calls,
+            tool_calls=job.tool_calls,
             trace=trace,
         )

@@ -36,7 +36,7 @@ from pydantic import Field
 
 from harness.interface import Answer, Request
 from harness.registry import register_paradigm
-from paradigms.text_conversion.base import TextConversionOptions, TextConversionParadigm, _Plan
+from paradigms.text_conversion.base import LlmJob, TextConversionOptions, TextConversionParadigm
 
 LETTERS = "ABCDE"
 #: "The answer is B" or "The answer is (B)". The authors' pattern is ``The answer is ([A-Z]).``
@@ -116,7 +116,7 @@ class ScienceQA(TextConversionParadigm):
         text, _, calls, secs = self.context(image_id, image, "")
         return text, calls, secs
 
-    def _plan(self, r: Request) -> _Plan:
+    def _llm_job(self, r: Request) -> LlmJob:
         if r.kind != "multiple_choice" or not r.choices:
             raise ValueError("the ScienceQA method answers multiple-choice questions (a ScienceQA task)")
         if len(r.choices) > len(LETTERS):
@@ -139,19 +139,19 @@ class ScienceQA(TextConversionParadigm):
         ctx = context_text(str(r.meta.get("hint", "")), cap)
         blocks.append(example_block(fmt, r.question or r.prompt, ctx, r.choices, None))
         prompt = self._wrap("\n\n".join(blocks))
-        plan = _Plan("scienceqa", [prompt], max_new=self._budget())
-        self._check_length(plan)
-        plan.trace = {"format": fmt, "context": ctx, "shots": shot_traces, "prompts": [prompt],
+        job = LlmJob("scienceqa", [prompt], max_new=self._budget())
+        self._check_length(job)
+        job.trace = {"format": fmt, "context": ctx, "shots": shot_traces, "prompts": [prompt],
                       "options": list(r.choices), "sample_id": r.sample_id}
-        plan.tool_calls, plan.convert_s = calls, secs
-        return plan
+        job.tool_calls, job.convert_s = calls, secs
+        return job
 
-    def _finish(self, plan: _Plan, n_in: int, share: float) -> Answer:
+    def _finish(self, job: LlmJob, n_in: int, share: float) -> Answer:
         """Read the option from the one generation (the base class runs the batched decoding)."""
-        choices, sample_id = plan.trace["options"], plan.trace["sample_id"]
-        output = plan.generations[0].text.strip()
+        choices, sample_id = job.trace["options"], job.trace["sample_id"]
+        output = job.generations[0].text.strip()
         letter = extract_letter(output)
-        trace = dict(plan.trace, output=output, parsed=letter)
+        trace = dict(job.trace, output=output, parsed=letter)
         index = LETTERS.index(letter) if letter is not None and LETTERS.index(letter) < len(choices) else None
         if index is None:
             trace["parse_errors"] = 1
@@ -166,9 +166,9 @@ class ScienceQA(TextConversionParadigm):
         trace["chosen"] = index
         return Answer(
             text=text,
-            latency_s=plan.convert_s + share,
+            latency_s=job.convert_s + share,
             llm_tokens_in=n_in,
-            llm_tokens_out=sum(g.tokens_out for g in plan.generations),
-            tool_calls=plan.tool_calls,
+            llm_tokens_out=sum(g.tokens_out for g in job.generations),
+            tool_calls=job.tool_calls,
             trace=trace,
         )

@@ -39,7 +39,6 @@ class MMReactOptions(ToolAgentOptions):
 
 class _ToolAgent(Paradigm):
     family = "tool_agent"
-    uses = ("llm", "tools", "scorer")
     Options: ClassVar[type[ToolAgentOptions]] = ToolAgentOptions
 
     def __init__(self, backbones: Any, options: Any, generation: Any) -> None:
@@ -90,6 +89,7 @@ class VisualChatGPT(_ToolAgent):
     variant = "visual_chatgpt"
     description = "Visual ChatGPT-style ReAct agent (Thought/Action/Action Input/Observation) over vision tools"
     Options = VisualChatGPTOptions
+    uses = ("llm", "tools", "scorer")
 
     def make_format(self, registry: ToolRegistry) -> PromptFormat:
         return ReActFormat()
@@ -110,6 +110,7 @@ class MMReact(_ToolAgent):
     variant = "mm_react"
     description = "MM-REACT-style agent: the LLM asks vision experts with 'Assistant, <request> <image>'"
     Options = MMReactOptions
+    uses = ("llm", "tools", "scorer")
 
     def make_format(self, registry: ToolRegistry) -> PromptFormat:
         fallback = IMAGE_UNDERSTANDING if IMAGE_UNDERSTANDING in registry else None

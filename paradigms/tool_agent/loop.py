@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from harness.agent_tools import ImageRef, ToolInputError, ToolRegistry, image_path
+from harness.config import Strict
 from harness.interface import Answer, Request
 from harness.models.llm import Generation, GenerationSettings
 from paradigms.tool_agent.formats import Call, Demo, Final, Malformed, PromptFormat, is_placeholder
@@ -34,10 +35,9 @@ class AgentLLM(Protocol):
     ) -> list[Generation]: ...
 
 
-class LoopOptions(BaseModel):
+class LoopOptions(Strict):
     """Budgets of one agent episode (all per sample)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     max_steps: int = Field(15, ge=1, le=20)  # LLM turns that may call tools (LangChain's max_iterations)
     step_tokens: int = Field(48, ge=4, le=512)  # new tokens per turn
     token_budget: int = Field(1024, ge=8)  # generated tokens over all turns, final answer excluded (15 x 48 fit)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
+from harness.config import Strict
 from harness.interface import Answer, Paradigm, Request, Timer
 from harness.models.llm import ModelUnavailable, _resolve_dtype, cut_at_stop, resolve_device
 from harness.registry import register_paradigm
@@ -44,9 +44,7 @@ def answer_in_chunks(
     return [a if a is not None else Answer.failed("not answered") for a in out]
 
 
-class Blip2PretrainedOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Blip2PretrainedOptions(Strict):
     model: str = "Salesforce/blip2-opt-2.7b"
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

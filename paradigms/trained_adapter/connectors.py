@@ -19,12 +19,14 @@ from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import BaseModel, Field, model_serializer, model_validator
 from torch import nn
 
+from harness.config import Strict
 
-class ConnectorOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class ConnectorOptions(Strict):
+    """Base of every connector's options (strict: an unknown key is an error)."""
 
 
 def _omit_defaults(model: BaseModel, out: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
@@ -97,14 +99,12 @@ PAPER_FLAMINGO: dict[str, Any] = {
 }
 
 
-class Blip2Stage1Options(BaseModel):
+class Blip2Stage1Options(Strict):
     """BLIP-2 stage 1: the Q-Former trained against the frozen image encoder alone (ITC + ITM + ITG).
 
     ``steps`` 0 (the default) skips stage 1. Optimisation defaults are sized for a small random
     Q-Former on CPU (BLIP-2: lr 1e-4 for a BERT-base Q-Former, batch 1680-2320, 250k steps).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     steps: int = Field(0, ge=0)
     #: In-batch contrastive learning and hard-negative mining want a larger batch than stage 2.

@@ -14,11 +14,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from safetensors.torch import load_file, save_file
 
 from harness.atomic import atomic_path
-from harness.config import stable_hash
+from harness.config import Strict, stable_hash
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,8 @@ class CaptionPair:
     caption: str
 
 
-class TrainData(BaseModel):
+class TrainData(Strict):
     """Which captioned images the connector is trained on (a dataset loader + split + options)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     loader: str = "world"
     split: str = "train"

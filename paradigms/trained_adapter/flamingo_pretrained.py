@@ -88,6 +88,7 @@ class FlamingoPretrained(VlmPretrained):
         "few-shot prompts, demonstrations as earlier image-text chunks"
     )
     Options: ClassVar[type] = FlamingoPretrainedOptions
+    uses: ClassVar[tuple[str, ...]] = ()  # the checkpoint brings its own LLM and image encoder
 
     def fingerprint(self) -> dict[str, Any]:
         return {**super().fingerprint(), "format": self.options.format}

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from harness.config import stable_hash
+from harness.config import Strict, stable_hash
 from harness.interface import Answer, Paradigm, Request, Timer
 from harness.registry import register_paradigm
 from harness.training import FINAL_FILE, TrainOptions, TrainResult, load_result, load_weights, train
@@ -42,9 +42,7 @@ ADAPTER_FORMAT = 1
 log = logging.getLogger(__name__)
 
 
-class AdapterOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class AdapterOptions(Strict):
     train: TrainOptions = TrainOptions()
     data: TrainData = TrainData()
     #: Text between the image and its caption, in training and when captioning.
@@ -98,7 +96,6 @@ class AdapterParadigm(Paradigm):
     """Shared implementation of the connector variants (subclasses fix the connector options)."""
 
     family: ClassVar[str] = "trained_adapter"
-    uses: ClassVar[tuple[str, ...]] = ("llm", "vision_encoder")
     Options: ClassVar[type] = AdapterOptions
 
     def __init__(self, backbones: Any, options: Any, generation: Any) -> None:
@@ -386,6 +383,7 @@ class FrozenAdapter(AdapterParadigm):
         "Frozen: a trained vision encoder (last blocks; 'all' as the paper) -> 2 prefix embeddings of a frozen LLM"
     )
     Options: ClassVar[type] = FrozenAdapterOptions
+    uses: ClassVar[tuple[str, ...]] = ("llm", "vision_encoder")
 
     def feature_encoder(self) -> Any:
         """With a trained encoder tail, the frozen front's activations (the tail runs in the connector)."""
@@ -409,6 +407,7 @@ class FrozenFixedEncoderAdapter(FrozenAdapter):
     variant: ClassVar[str] = "frozen_fixed_encoder"
     description: ClassVar[str] = "Frozen ablation: frozen vision encoder, only the linear map to 2 prefix embeddings trained"
     Options: ClassVar[type] = FrozenFixedEncoderOptions
+    uses: ClassVar[tuple[str, ...]] = ("llm", "vision_encoder")
 
 
 @register_paradigm
@@ -416,6 +415,7 @@ class FlamingoAdapter(AdapterParadigm):
     variant: ClassVar[str] = "flamingo"
     description: ClassVar[str] = "Flamingo: Perceiver Resampler + tanh-gated cross-attention before frozen LLM layers"
     Options: ClassVar[type] = FlamingoAdapterOptions
+    uses: ClassVar[tuple[str, ...]] = ("llm", "vision_encoder")
 
     def _example(self, j: int, prompt: str, answer: Piece | None) -> list[Piece]:
         """``<image> prompt answer <EOC>``: with ``end_of_chunk`` each finished example is closed."""
@@ -441,6 +441,7 @@ class Blip2Adapter(AdapterParadigm):
         "(stage 2; optional stage 1: ITC+ITM+ITG against the frozen encoder)"
     )
     Options: ClassVar[type] = Blip2AdapterOptions
+    uses: ClassVar[tuple[str, ...]] = ("llm", "vision_encoder")
 
     def __init__(self, backbones: Any, options: Any, generation: Any) -> None:
         super().__init__(backbones, options, generation)
@@ -521,6 +522,7 @@ class PalmeAdapter(AdapterParadigm):
     variant: ClassVar[str] = "palme"
     description: ClassVar[str] = "PaLM-E: projected spatial features placed at <img> in the text (Q: <img> … A:), frozen LLM"
     Options: ClassVar[type] = PalmeAdapterOptions
+    uses: ClassVar[tuple[str, ...]] = ("llm", "vision_encoder")
 
     def _text_prompt(self, kind: str, prompt: str, question: str = "") -> str:
         if kind == "vqa" and question:

@@ -16,18 +16,16 @@ import io
 import time
 from typing import Any, ClassVar, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from harness.config import ServedLLMSource, ServedPrice
+from harness.config import ServedLLMSource, ServedPrice, Strict
 from harness.interface import Answer, Paradigm, Request
 from harness.models.llm import GenerationSettings
 from harness.models.served_llm import llm_cost
 from harness.registry import register_paradigm
 
 
-class ServedVlmOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ServedVlmOptions(Strict):
     base_url: str
     model: str  # the id the server knows the VLM by; part of every cache key
     api_key_env: str | None = None

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from harness.config import Strict
 from harness.interface import Answer, Paradigm, Request, Timer
 from harness.models.llm import ModelUnavailable, _resolve_dtype, cut_at_stop, llm_fingerprint, resolve_device
 from harness.registry import register_paradigm
@@ -29,9 +30,7 @@ log = logging.getLogger(__name__)
 _END_OF_TURN = ("<end_of_utterance>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>")
 
 
-class VlmPretrainedOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class VlmPretrainedOptions(Strict):
     #: Hub id, ``id@revision``, or a local folder with a saved model + processor. Required: there
     #: is no sensible default, and a placeholder model would produce meaningless numbers.
     model: str
