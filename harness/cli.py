@@ -29,12 +29,13 @@ class _Main(click.Group):
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         from harness.cache import CacheError
         from harness.tracking import TrackingError, redact_uri
+        from tasks.spec import TaskSpecError
 
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
             raise
-        except (CacheError, TrackingError, ConfigError) as exc:
+        except (CacheError, TrackingError, ConfigError, TaskSpecError) as exc:
             raise click.ClickException(redact_uri(str(exc))) from None
         except UnicodeDecodeError as exc:
             raise click.ClickException(f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}); "
