@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from harness.config import ConfigError, default_config_path, load_config
-from harness.registry import FAMILIES
+from harness.registry import FAMILIES, RegistrationError
 
 
 def _csv_ints(value: str | None) -> tuple[int, ...] | None:
@@ -35,7 +35,7 @@ class _Main(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
             raise
-        except (CacheError, TrackingError, ConfigError, TaskSpecError) as exc:
+        except (CacheError, TrackingError, ConfigError, RegistrationError, TaskSpecError) as exc:
             raise click.ClickException(redact_uri(str(exc))) from None
         except UnicodeDecodeError as exc:
             raise click.ClickException(f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}); "

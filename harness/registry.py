@@ -1,19 +1,23 @@
 """Name -> implementation table for paradigm variants, filled at import time.
 
 Adding a paradigm variant is one module with a class decorated by :func:`register_paradigm`
-(imported by its family's package, ``paradigms/<family>/__init__.py``); adding a task is one YAML
-file (``tasks/spec.py``). :func:`register_paradigm` checks the variant's contract when its module is
-imported, so a malformed variant fails at import with its class named, never mid-run.
+(imported by its family's package, ``paradigms/<family>/__init__.py``, or, outside the checkout,
+named in ``MMBENCH_PARADIGM_MODULES``); adding a task is one YAML file (``tasks/spec.py``).
+:func:`register_paradigm` checks the variant's contract when its module is imported, so a
+malformed variant fails at import with its class named, never mid-run.
 See docs/architecture.md, "Adding things".
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import os
 from typing import Any, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel
 
+from harness.config import ConfigError
 from harness.interface import BACKBONE_NAMES, Paradigm
 
 P = TypeVar("P", bound="type[Paradigm]")
@@ -23,6 +27,8 @@ _PARADIGMS: dict[str, "type[Paradigm]"] = {}
 #: The paradigm families, in display order. Each is the package ``paradigms/<family>``, which
 #: ``paradigms/__init__.py`` imports (registering its variants); the CLI lists them from here.
 FAMILIES: tuple[str, ...] = ("tool_agent", "text_conversion", "guided_decoding", "trained_adapter")
+#: Environment variable naming modules (comma-separated, importable) whose variants register too.
+MODULES_ENV = "MMBENCH_PARADIGM_MODULES"
 
 
 class RegistrationError(TypeError):
@@ -109,10 +115,24 @@ def _uses_problems(cls: type[Paradigm]) -> list[str]:
 
 
 def paradigms() -> dict[str, "type[Paradigm]"]:
-    """All registered paradigm variants (imports the built-in ones on first call)."""
+    """All registered paradigm variants: the built-in ones, then those of the modules named in
+    ``MMBENCH_PARADIGM_MODULES`` (imported on first call; importing registers)."""
     import paradigms as _builtin  # noqa: F401  (registers on import)
 
+    for module in extra_modules():
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+                raise  # the module itself imports something missing: its own traceback says what
+            raise ConfigError(f"{MODULES_ENV} names {module!r}, which cannot be imported ({exc}); "
+                              "give comma-separated dotted module names importable from PYTHONPATH") from None
     return dict(sorted(_PARADIGMS.items()))
+
+
+def extra_modules() -> list[str]:
+    """Module names from ``MMBENCH_PARADIGM_MODULES`` (comma-separated), variants outside the checkout."""
+    return [m.strip() for m in os.environ.get(MODULES_ENV, "").split(",") if m.strip()]
 
 
 def get_paradigm(name: str) -> "type[Paradigm]":
