@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 import pytest
 from pydantic import BaseModel
@@ -176,18 +176,3 @@ def test_all_problems_are_reported_at_once(scratch_registry: dict[str, Any]) -> 
     for part in ("family 'poetry'", "variant must be", "declares no Options", "does not declare uses"):
         assert part in msg
 
-
-def test_a_variant_class_body_with_classvar_annotations_registers(scratch_registry: dict[str, Any]) -> None:
-    """The annotated form the trained-adapter variants use (``uses: ClassVar[...] = ...``) counts as declared."""
-
-    @register_paradigm
-    class Annotated(Paradigm):
-        family: ClassVar[str] = "trained_adapter"
-        variant: ClassVar[str] = "annotated"
-        Options: ClassVar[type] = _Opts
-        uses: ClassVar[tuple[str, ...]] = ("llm", "vision_encoder")
-
-        def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
-            return [Answer(text="") for _ in requests]
-
-    assert scratch_registry["trained_adapter/annotated"] is Annotated
