@@ -25,7 +25,7 @@ import torch
 from harness.backbones import Backbones
 from harness.config import load_config
 from harness.models.llm import GenerationSettings
-from harness.runner import plan_run
+from harness.plan import plan_run
 from harness.tracking import hardware
 from paradigms.trained_adapter.multimodal import Image as Img
 from paradigms.trained_adapter.multimodal import Target

@@ -22,7 +22,7 @@ import torch
 from harness.backbones import Backbones
 from harness.config import load_config
 from harness.models.llm import GenerationSettings
-from harness.runner import plan_run
+from harness.plan import plan_run
 from harness.tracking import hardware
 from paradigms.trained_adapter import blip2_stage1 as s1
 from paradigms.trained_adapter.data import encode_images, load_caption_pairs

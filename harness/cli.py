@@ -99,7 +99,7 @@ def run(config_path, paradigm, task, limit, shots, trials, seed, batch_size, res
         retry_failed) -> None:
     """Evaluate paradigms on tasks; resumes from the result cache."""
     from harness.evaluate import run_evaluation
-    from harness.runner import plan_run
+    from harness.plan import plan_run
 
     try:
         overrides = {"limit": limit, "seed": seed, "batch_size": batch_size,

@@ -14,7 +14,9 @@ import yaml
 from harness.cache import ResultCache
 from harness.config import RunConfig
 from harness.report import results_frame, results_table
-from harness.runner import Plan, Runner, UnitResult, plan_run
+from harness.plan import Plan, plan_run
+from harness.runner import Runner
+from harness.unit_result import UnitResult
 from harness.atomic import atomic_json, atomic_text, remove_stale_temps
 from harness.tracking import (
     Tracker, TrackingError, backbone_params, default_tracking_uri, git_state, hardware, package_versions, redact_uri,

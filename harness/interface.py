@@ -12,6 +12,8 @@ import hashlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
 
 from PIL import Image
@@ -19,6 +21,7 @@ from PIL import Image
 if TYPE_CHECKING:  # pragma: no cover
     from harness.backbones import Backbones
     from harness.models.llm import GenerationSettings
+    from harness.training import TrainResult
 
 TaskKind = Literal["caption", "vqa", "multiple_choice", "binding"]
 
@@ -86,6 +89,10 @@ class RetryableFailure(RuntimeError):
     answers of earlier batches stay cached, so the same command run again resumes."""
 
 
+#: The failure counters of :class:`Answer` (fields) and their types.
+COUNTERS: Mapping[str, type] = MappingProxyType({"parse_errors": int, "budget_exhausted": bool, "tool_failures": int})
+
+
 @dataclass
 class Answer:
     """A paradigm's answer and what it cost. ``error`` set means the sample failed (scored as wrong)."""
@@ -102,6 +109,13 @@ class Answer:
     """Set with ``error`` when the failure may not repeat (out of memory, I/O error, timeout, server
     error after retries): the runner reports it and never caches it, so the next run retries it.
     Never stored (a cached answer is by definition not transient)."""
+    # Failure counters, summed per unit into the report's failure columns (harness/unit_result.py).
+    parse_errors: int = 0
+    """Outputs not in the expected format (an agent's malformed action, an unparsed option letter)."""
+    tool_failures: int = 0
+    """Tool calls that raised (the agent was shown the failure instead of the tool's output)."""
+    budget_exhausted: bool = False
+    """An agent ran out of steps or tokens and was made to answer."""
 
     @classmethod
     def failed(cls, reason: str, **trace: Any) -> "Answer":
@@ -139,11 +153,31 @@ class Answer:
             "trainable_params": self.trainable_params,
             "error": self.error,
             "trace": self.trace,
+            "parse_errors": self.parse_errors,
+            "tool_failures": self.tool_failures,
+            "budget_exhausted": self.budget_exhausted,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Answer":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        trace = d.get("trace")
+        if isinstance(trace, dict):  # cached before the counters were fields, they sat in the trace
+            for name, kind in COUNTERS.items():
+                if name not in kw and trace.get(name) is not None:
+                    kw[name] = kind(trace[name])
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What a paradigm's one-time training produced: logged to MLflow as a nested run and summarised
+    by ``mmbench train`` (harness/training_run.py)."""
+
+    result: "TrainResult"
+    checkpoint: Path | None
+    stage1: "TrainResult | None" = None  # a first training stage run before ``result`` (BLIP-2's stage 1)
+    stage1_checkpoint: Path | None = None
 
 
 class Paradigm(ABC):
@@ -163,6 +197,8 @@ class Paradigm(ABC):
     #: Which shared backbones (:data:`BACKBONE_NAMES`) this variant reads; only their fingerprints
     #: enter its cache keys. No default: every registered variant declares it in its own body.
     uses: ClassVar[tuple[str, ...]]
+    #: Whether ``prepare`` trains something that ``mmbench train`` may run on its own (a connector).
+    has_training_step: ClassVar[bool] = False
 
     def __init__(self, backbones: "Backbones", options: Any, generation: "GenerationSettings") -> None:
         self.backbones = backbones
@@ -185,6 +221,13 @@ class Paradigm(ABC):
 
         Called by the runner only when some sample actually needs computing. Default: nothing.
         """
+
+    def training_record(self) -> TrainingRecord | None:
+        """What ``prepare`` trained or loaded (loss curve, checkpoint), None if it trains nothing.
+
+        Read after ``prepare`` to log the training; trained paradigms override it. Default: None.
+        """
+        return None
 
     @abstractmethod
     def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:

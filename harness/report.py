@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 import pandas as pd
 
 if TYPE_CHECKING:  # pragma: no cover
-    from harness.runner import UnitResult
+    from harness.unit_result import UnitResult
 
 #: Metrics pycocoevalcap reports on a 0–1 scale; papers (and our tables) print them ×100.
 SCALE_100 = {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE"}

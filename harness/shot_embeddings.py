@@ -15,18 +15,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from harness.interface import image_id_of
 from tasks.base import Sample
 from tasks.shots import EmbeddingStore, SupportIndex, file_content_key
 
 log = logging.getLogger(__name__)
 
 CHUNK = 64  # images decoded and embedded at a time (bounds memory on large support sets)
-
-
-def _content_id(img: Any) -> str:
-    from harness.interface import image_id_of
-
-    return image_id_of(img)
 
 
 def _image_rows(scorer: Any, samples: Sequence[Sample]) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
@@ -45,7 +40,7 @@ def _image_rows(scorer: Any, samples: Sequence[Sample]) -> tuple[list[str], np.n
             except Exception as exc:  # noqa: BLE001 - a bad image leaves only itself out
                 log.debug("retrieval: cannot load %s: %s", ref, exc)
                 continue
-            cid = _content_id(img)
+            cid = image_id_of(img)
             batch.append(img)
             ids.append(cid)
             names.append(ref)
@@ -65,7 +60,7 @@ def _decoded_keys(refs: Sequence[str], first: dict[str, Sample]) -> list[str] | 
     keys = []
     for ref in refs:
         try:
-            keys.append(_content_id(first[ref].load_image()))
+            keys.append(image_id_of(first[ref].load_image()))
         except Exception:  # noqa: BLE001 - then the store is not used; embedding reports the failure
             return None
     return keys

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from harness.config import ConfigError, ParadigmSpec, RunConfig
+from harness.interface import Paradigm
 from harness.tracking import Tracker, default_tracking_uri
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.training import TrainResult
 
 
 class TrainingError(RuntimeError):
@@ -22,26 +26,27 @@ def _spec_for(config: RunConfig, name: str, steps: int | None) -> ParadigmSpec:
     return ParadigmSpec(name=spec.name, options=opts, label=spec.label)
 
 
-def log_training(tracker: Tracker, parent: str | None, label: str, paradigm: Any) -> str | None:
+def log_training(tracker: Tracker, parent: str | None, label: str, paradigm: Paradigm) -> str | None:
     """A nested run with the loss curve, trainable parameters and training time, if it trained."""
-    result = getattr(paradigm, "train_result", None)
-    if result is None or not result.loss_curve:  # untrained baselines have nothing to log
+    record = paradigm.training_record()
+    if record is None or not record.result.loss_curve:  # untrained baselines have nothing to log
         return None
+    result = record.result
     tags = {"mmbench.kind": "training", "mmbench.paradigm": label}
     run = tracker.start_child(parent, f"train {label}", tags) if parent else tracker.start_parent(f"train {label}", {}, tags)
     tracker.log_params(run, {
         "paradigm": label,
         "options": paradigm.options.model_dump(mode="json"),
-        "checkpoint": str(getattr(paradigm, "checkpoint_dir", "")),
+        "checkpoint": str(record.checkpoint),
         "resumed_from": result.resumed_from,
     })
     tracker.log_series(run, "train_loss", result.loss_curve)
     _log_parts(tracker, run, "train", result)
     tracker.log_metrics(run, {"trainable_params": float(result.trainable_params), "train_seconds": result.seconds,
                               "train_steps": float(result.steps)})
-    stage1 = getattr(paradigm, "stage1_result", None)  # BLIP-2's stage 1, when it ran before this training
+    stage1 = record.stage1  # BLIP-2's stage 1, when it ran before this training
     if stage1 is not None and stage1.loss_curve:
-        tracker.log_params(run, {"stage1_checkpoint": str(getattr(paradigm, "stage1_dir", "")),
+        tracker.log_params(run, {"stage1_checkpoint": str(record.stage1_checkpoint),
                                  "stage1_resumed_from": stage1.resumed_from})
         tracker.log_series(run, "stage1_loss", stage1.loss_curve)
         _log_parts(tracker, run, "stage1", stage1)
@@ -51,7 +56,7 @@ def log_training(tracker: Tracker, parent: str | None, label: str, paradigm: Any
     return run
 
 
-def _log_parts(tracker: Tracker, run: str, prefix: str, result: Any) -> None:
+def _log_parts(tracker: Tracker, run: str, prefix: str, result: TrainResult) -> None:
     """Curves of a loss's named parts (e.g. ``stage1_itc``), kept by the training loop beside the total."""
     for name, curve in dict(result.extra.get("parts_curve", {})).items():
         tracker.log_series(run, f"{prefix}_{name}", curve)
@@ -59,11 +64,11 @@ def _log_parts(tracker: Tracker, run: str, prefix: str, result: Any) -> None:
 
 def run_training(config: RunConfig, name: str, *, steps: int | None = None, tracking_uri: str | None = None) -> str:
     from harness.backbones import Backbones
-    from harness.runner import plan_run
+    from harness.plan import plan_run
 
     plan = plan_run(config.model_copy(update={"paradigms": (_spec_for(config, name, steps),)}), [name], None)
     planned = plan.paradigms[0]
-    if not hasattr(planned.cls, "prepare_with"):
+    if not planned.cls.has_training_step:
         raise TrainingError(f"{name} has no training step")
     from harness.models.llm import GenerationSettings
 
@@ -74,17 +79,17 @@ def run_training(config: RunConfig, name: str, *, steps: int | None = None, trac
     tracker = Tracker(tracking_uri or config.tracking.uri or default_tracking_uri(results_dir),
                       config.tracking.experiment, results_dir / "mlartifacts")
     run = log_training(tracker, None, planned.label, paradigm)
-    r = paradigm.train_result
-    if r is None or not r.loss_curve:
+    record = paradigm.training_record()
+    if record is None or not record.result.loss_curve:
         return f"{name}: nothing trained (train.steps is 0: the untrained connector is evaluated as initialised)"
-    s1 = getattr(paradigm, "stage1_result", None)
+    r, s1 = record.result, record.stage1
     before = ""
     if s1 is not None and s1.loss_curve:
         parts = ", ".join(f"{k} {c[-1][1]:.3f}" for k, c in dict(s1.extra.get("parts_curve", {})).items())
         before = (f"stage 1: {s1.trainable_params:,} parameters, {s1.steps} steps, final loss {s1.loss_curve[-1][1]:.3f}"
-                  f"{' (' + parts + ')' if parts else ''}, {s1.seconds:.0f} s; checkpoint {paradigm.stage1_dir}\n")
+                  f"{' (' + parts + ')' if parts else ''}, {s1.seconds:.0f} s; checkpoint {record.stage1_checkpoint}\n")
     return (f"{before}{name}: {r.trainable_params:,} trainable parameters, {r.steps} steps, "
-            f"final loss {r.loss_curve[-1][1]:.3f}, {r.seconds:.0f} s; checkpoint {paradigm.checkpoint_dir}; "
+            f"final loss {r.loss_curve[-1][1]:.3f}, {r.seconds:.0f} s; checkpoint {record.checkpoint}; "
             f"MLflow run {run}")
 
 

@@ -31,11 +31,15 @@ import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
 from tasks.base import Sample
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.cache import ResultCache as MemoStore
+    from harness.plan import PlannedTask
 
 Strategy = Literal["random", "rices", "rices_qi"]
 STRATEGIES: tuple[str, ...] = ("random", "rices", "rices_qi")
@@ -359,3 +363,97 @@ def file_content_key(path: str | Path) -> str | None:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class ShotSelector:
+    """The demonstrations of every sample of a run's units, memoised in the result cache.
+
+    A unit's choice is stored per query (memo kind ``shots``) under a key of everything that
+    decides it, so a rerun neither redraws nor re-embeds. Retrieval strategies search one
+    :class:`SupportIndex` per (task, strategy), built once per run and kept here; the index and the
+    query embeddings come from the run's image–text scorer (``harness/shot_embeddings.py``).
+    """
+
+    def __init__(
+        self,
+        memo: "MemoStore",
+        *,
+        strategy: Strategy,
+        seed: int,
+        scorer: Callable[[], Any],
+        scorer_fingerprint: Callable[[], str],
+        embeddings_dir: Path,
+    ) -> None:
+        """``scorer`` and ``scorer_fingerprint`` are called only when needed, so random shots and
+        memoised choices load no model."""
+        self.memo = memo
+        self.strategy = strategy
+        self.seed = seed
+        self.scorer = scorer
+        self.scorer_fingerprint = scorer_fingerprint
+        self.embeddings_dir = embeddings_dir
+        self._indexes: dict[str, SupportIndex] = {}  # task fingerprint:strategy -> its support index
+
+    def memo_key(self, task: "PlannedTask", query: Sample, k: int, trial: int) -> str:
+        """Key of the memoised choice for ``query`` (all that decides it, the scorer for retrieval)."""
+        from harness.config import stable_hash
+
+        parts = [task.fingerprint, task.annotations, query.sample_id, k, trial, self.strategy, self.seed,
+                 self.scorer_fingerprint() if self.strategy != "random" else ""]
+        if self.strategy != "random":  # retrieval now orders most similar last: older memos are not reused
+            parts.append("most-similar-last")
+        return stable_hash(parts)
+
+    def select(self, task: "PlannedTask", k: int, trial: int) -> dict[str, tuple[Sample, ...]]:
+        """``k`` demonstrations for every sample of ``task`` (trial ``trial``), by sample id.
+
+        Binding episodes bring their own; without ``k`` or a support split there are none. A query
+        whose image cannot be embedded gets none here and fails as its own sample later.
+        """
+        samples = task.dataset.samples
+        if task.spec.kind == "binding":
+            return {s.sample_id: tuple(s.episode) for s in samples}
+        if k == 0 or task.support is None:
+            return {s.sample_id: () for s in samples}
+        support = task.support.samples
+        by_id = {s.sample_id: s for s in support}
+        out: dict[str, tuple[Sample, ...]] = {}
+        todo: list[Sample] = []
+        for s in samples:
+            cached = self.memo.memo_get("shots", self.memo_key(task, s, k, trial))
+            if cached is not None and all(i in by_id for i in cached):
+                out[s.sample_id] = tuple(by_id[i] for i in cached)
+            else:
+                todo.append(s)
+        if self.strategy == "random":
+            chosen = {s.sample_id: select_shots(s, support, k, strategy="random", seed=self.seed, trial=trial)
+                      for s in todo}
+        else:
+            chosen = self._retrieve(task, todo, k)
+        for s in todo:
+            if s.sample_id not in chosen:  # the query image itself did not load: the sample fails later
+                out[s.sample_id] = ()
+                continue
+            out[s.sample_id] = tuple(chosen[s.sample_id])
+            self.memo.memo_put("shots", self.memo_key(task, s, k, trial), [x.sample_id for x in chosen[s.sample_id]])
+        return out
+
+    def _retrieve(self, task: "PlannedTask", queries: Sequence[Sample], k: int) -> dict[str, list[Sample]]:
+        """RICES / PICa retrieval for ``queries`` in one batched search over the support index."""
+        from harness.shot_embeddings import embed_queries, support_index
+
+        if not queries:
+            return {}
+        assert task.support is not None
+        with_text = self.strategy == "rices_qi"
+        key = f"{task.fingerprint}:{self.strategy}"
+        if key not in self._indexes:
+            self._indexes[key] = support_index(
+                self.scorer(), self.scorer_fingerprint(), task.support.samples,
+                with_text=with_text, cache_root=self.embeddings_dir,
+            )
+        ok, img, txt = embed_queries(self.scorer(), queries, with_text=with_text)
+        if not ok:
+            return {}
+        picked = self._indexes[key].select(ok, img, k, txt)
+        return {q.sample_id: shots for q, shots in zip(ok, picked)}

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from harness.config import ConfigError, parse_config
-from harness.runner import plan_run
+from harness.plan import plan_run
 from tasks.datasets import load_dataset
 from tasks.shots import select_shots
 from tasks.spec import get_task
@@ -212,7 +212,7 @@ def test_retrieval_with_the_run_scorer_most_similar_last_and_support_embeddings_
     from harness.interface import image_id_of
 
     runner, unit = _runner(tmp_path, _ref(task, data[task]), strategy, "a.sqlite")
-    chosen = runner._select_unit_shots(unit)
+    chosen = runner.shots.select(unit.task, unit.shots, unit.trial)
     scorer = runner.backbones.scorer
     support = unit.task.support.samples
 
@@ -244,7 +244,7 @@ def test_retrieval_with_the_run_scorer_most_similar_last_and_support_embeddings_
 
     type(again.backbones.scorer)._embed_images = counting
     try:
-        assert again._select_unit_shots(unit2) == chosen
+        assert again.shots.select(unit2.task, unit2.shots, unit2.trial) == chosen
     finally:
         type(again.backbones.scorer)._embed_images = real
     n_query_images = len({q.image_ref for q in unit2.task.dataset.samples})

@@ -19,7 +19,8 @@ from harness.cache import ResultCache
 from harness.config import ParadigmSpec, parse_config
 from harness.failures import TransientError, is_transient
 from harness.interface import Answer, Paradigm, Request
-from harness.runner import Plan, PlannedParadigm, Runner, plan_run
+from harness.plan import Plan, PlannedParadigm, plan_run
+from harness.runner import Runner
 
 
 class _Opts(BaseModel):

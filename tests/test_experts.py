@@ -180,7 +180,8 @@ def test_oracle_never_returns_the_samples_scored_references():
 def _run(cfg_dict: dict, tmp_path: Path, backbones=None):  # noqa: ANN001, ANN202
     from harness.backbones import Backbones
     from harness.cache import ResultCache
-    from harness.runner import Runner, plan_run
+    from harness.plan import plan_run
+    from harness.runner import Runner
 
     cfg = parse_config(cfg_dict)
     bb = backbones or Backbones(cfg.models)

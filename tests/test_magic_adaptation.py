@@ -287,7 +287,7 @@ def _config(adapt: Any) -> dict[str, Any]:
 
 
 def test_config_with_adapt_lm_validates_and_bad_keys_are_named() -> None:
-    from harness.runner import plan_run
+    from harness.plan import plan_run
 
     plan = plan_run(parse_config(_config({"dataset": "photos_caption", "steps": 5, "margin": 0.5})))
     opts = plan.paradigms[0].options

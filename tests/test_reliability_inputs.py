@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from harness.config import ConfigError, load_config, parse_config
-from harness.runner import plan_run
+from harness.plan import plan_run
 from tasks.datasets._common import MAX_IMAGE_PIXELS, ImageLoadError, open_rgb
 
 GOOD = Image.fromarray(np.tile(np.linspace(0, 255, 48, dtype=np.uint8), (32, 1))).convert("RGB")

@@ -21,7 +21,8 @@ ROOT = repo_root()
 @pytest.mark.slow
 def test_same_seed_gives_bit_identical_answers_across_runs_and_batch_sizes(tmp_path, tiny_llm_dir):
     from harness.backbones import Backbones
-    from harness.runner import Runner, plan_run
+    from harness.plan import plan_run
+    from harness.runner import Runner
 
     def config(bs: int):
         return parse_config({

@@ -12,7 +12,7 @@ import pandas as pd
 
 from harness.config import ParadigmSpec, parse_config
 from harness.evaluate import run_evaluation
-from harness.runner import Plan, PlannedParadigm, plan_run
+from harness.plan import Plan, PlannedParadigm, plan_run
 from harness.tracking import default_tracking_uri
 from tests.test_content_cache import Recorder, _image, _Opts, _vqa
 

@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 
 from harness.config import Strict
-from harness.interface import Answer, Paradigm, Request
+from harness.interface import Answer, Paradigm, Request, TrainingRecord
 from harness.models.llm import default_cache_dir
 from harness.registry import register_paradigm
 from paradigms.guided_decoding.common import (
@@ -130,6 +130,10 @@ class Magic(Paradigm):
         assert self._adapted.key == key
         self.train_result = self._adapted.train_result()
         self.checkpoint_dir = self._adapted.directory
+
+    def training_record(self) -> TrainingRecord | None:
+        """The LM adaptation's training (MLflow logs it as a nested run), None without adaptation."""
+        return None if self.train_result is None else TrainingRecord(self.train_result, self.checkpoint_dir)
 
     def _uses_adapted(self, r: Request) -> bool:
         """Only captions: the adapted copy was trained to write captions from its start text."""

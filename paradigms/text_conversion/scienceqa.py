@@ -153,7 +153,8 @@ class ScienceQA(TextConversionParadigm):
         letter = extract_letter(output)
         trace = dict(job.trace, output=output, parsed=letter)
         index = LETTERS.index(letter) if letter is not None and LETTERS.index(letter) < len(choices) else None
-        if index is None:
+        unparsed = index is None
+        if unparsed:
             trace["parse_errors"] = 1
             if self.options.on_unparsed == "random":
                 seed = int.from_bytes(hashlib.sha256(f"scienceqa\x00{sample_id}".encode()).digest()[:8], "big")
@@ -171,4 +172,5 @@ class ScienceQA(TextConversionParadigm):
             llm_tokens_out=sum(g.tokens_out for g in job.generations),
             tool_calls=job.tool_calls,
             trace=trace,
+            parse_errors=int(unparsed),
         )

@@ -9,6 +9,7 @@ and tool failures come back to the agent as observations, never as exceptions.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class Episode:
     shot_tool_calls: int = 0
     tools_used: list[str] = field(default_factory=list)
     parse_errors: int = 0
+    tool_failures: int = 0  # tool calls (shown, uploaded or the agent's own) that raised
     steps: int = 0
     latency: float = 0.0
     answer: str | None = None
@@ -155,6 +157,7 @@ class AgentLoop:
             text = self.registry.run(tool, tool.args(image=ref.path), {ref.path: ref})
         except Exception as exc:  # noqa: BLE001 - shown to the agent as the live tool would be
             text = f"{tool.name} failed: {type(exc).__name__}: {exc}"
+            ep.tool_failures += 1
         ep.shot_tool_calls += 1
         ep.uploads.append({"image": ref.path, "tool": tool.name, "caption": text})
         return text
@@ -176,6 +179,7 @@ class AgentLoop:
             obs = self.registry.run(tool, tool.args(image=path), {path: ref})
         except Exception as exc:  # a failing tool is shown as such, as it would be live
             obs = f"{tool.name} failed: {type(exc).__name__}: {exc}"
+            ep.tool_failures += 1
         ep.shot_tool_calls += 1
         ep.demos.append({"sample_id": shot.sample_id, "path": path, "tool": tool.name, "observation": obs})
         return Demo(path, shot.prompt, tool, obs, shot.answer, caption)
@@ -257,6 +261,7 @@ class AgentLoop:
         except Exception as exc:  # a broken tool must not end the sample
             msg = f"{tool.name} failed: {type(exc).__name__}: {exc}"
             entry["error"] = msg
+            e.tool_failures += 1
             return msg
 
     def _force(self, eps: list[Episode]) -> None:
@@ -302,14 +307,17 @@ class AgentLoop:
             "shot_tool_calls": e.shot_tool_calls,
             "tools_used": sorted(set(e.tools_used)),
             "parse_errors": e.parse_errors,
+            "tool_failures": e.tool_failures,
             "steps": e.steps,
             "budget_exhausted": e.budget_exhausted,
             "answer_source": e.source,
         }
+        counters = {"parse_errors": e.parse_errors, "tool_failures": e.tool_failures,
+                    "budget_exhausted": e.budget_exhausted}
         if e.error is not None:
             failed = Answer.failed(e.error, **trace)
             failed.llm_tokens_in, failed.llm_tokens_out = e.tokens_in, e.tokens_out
-            return failed
+            return dataclasses.replace(failed, **counters)
         return Answer(
             text=e.answer or "",
             latency_s=e.latency,
@@ -317,6 +325,7 @@ class AgentLoop:
             llm_tokens_out=e.tokens_out,
             tool_calls=e.tool_calls + e.shot_tool_calls,
             trace=trace,
+            **counters,
         )
 
 

@@ -14,6 +14,7 @@ its training if it beats this on held-out images.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -22,7 +23,7 @@ import torch
 from pydantic import Field, model_validator
 
 from harness.config import Strict, stable_hash
-from harness.interface import Answer, Paradigm, Request, Timer
+from harness.interface import Answer, Paradigm, Request, Timer, TrainingRecord
 from harness.registry import register_paradigm
 from harness.training import FINAL_FILE, TrainOptions, TrainResult, load_result, load_weights, train
 from paradigms.trained_adapter.connectors import (
@@ -97,6 +98,7 @@ class AdapterParadigm(Paradigm):
 
     family: ClassVar[str] = "trained_adapter"
     Options: ClassVar[type] = AdapterOptions
+    has_training_step: ClassVar[bool] = True
 
     def __init__(self, backbones: Any, options: Any, generation: Any) -> None:
         super().__init__(backbones, options, generation)
@@ -151,6 +153,10 @@ class AdapterParadigm(Paradigm):
     def prepare(self) -> None:
         if self.mm is None:
             self.prepare_with([] if self.untrained else load_caption_pairs(self.options.data), progress=self.progress)
+
+    def training_record(self) -> TrainingRecord | None:
+        """The connector's training (an empty loss curve when evaluated untrained), None before prepare()."""
+        return None if self.train_result is None else TrainingRecord(self.train_result, self.checkpoint_dir)
 
     def _prepare_untrained(self) -> TrainResult:
         """The seeded initial connector, evaluated as is (the baseline for trained connectors)."""
@@ -499,6 +505,13 @@ class Blip2Adapter(AdapterParadigm):
         )
         load_stage1_qformer(connector.qformer, run.ckpt_dir)
         self.stage1_result, self.stage1_dir = run.result, run.ckpt_dir
+
+    def training_record(self) -> TrainingRecord | None:
+        """Stage 2's training, with the stage-1 run it started from (when there was one)."""
+        record = super().training_record()
+        if record is None:
+            return None
+        return dataclasses.replace(record, stage1=self.stage1_result, stage1_checkpoint=self.stage1_dir)
 
     def _after_loading(self, pairs: Sequence[CaptionPair]) -> None:
         """Stage 2 was loaded: record the stage-1 run it started from (for logging), if still stored."""
