@@ -15,7 +15,8 @@ from harness import registry
 from harness.cache import ResultCache
 from harness.config import ConfigError, parse_config
 from harness.models.llm import GenerationSettings
-from harness.runner import Runner, plan_run
+from harness.plan import plan_run
+from harness.runner import Runner
 from tasks.spec import TASK_DIRS_ENV
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
