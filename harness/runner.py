@@ -27,7 +27,8 @@ from harness.keys import KeyedSample, keyed_sample, paradigm_fingerprint
 from harness.models.llm import GenerationSettings
 from harness.plan import Plan, PlannedParadigm, Unit
 from harness.progress import Stopwatch, progress_bar
-from harness.request_builder import build_request, failure
+from harness.request_builder import build_request
+from harness.request_builder import failure as _failure  # the name Runner._answer has always used
 from harness.unit_result import UnitResult, prediction_rows, shot_strategy, unit_costs
 from tasks.metrics.scoring import UnitScoring
 from tasks.shots import ShotSelector
@@ -119,7 +120,7 @@ class Runner:
             raise  # RetryableFailure: not an answer; nothing of this batch is cached, the run stops
         except (Exception, MemoryError) as exc:  # noqa: BLE001 - classified: transient ones are not cached
             if len(requests) == 1:
-                return [failure(describe(exc), exc)]
+                return [_failure(describe(exc), exc)]
             # One by one: isolates a bad sample, and a batch too large for memory may fit singly.
             return [a for r in requests for a in self._answer(paradigm, [r])]
         per = (time.perf_counter() - start) / max(1, len(requests))

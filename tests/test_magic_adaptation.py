@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from harness.config import ConfigError, parse_config
-from harness.interface import Request
+from harness.interface import Request, TrainingRecord
 from harness.models.llm import GenerationSettings
 from paradigms.guided_decoding import lm_adaptation as la
 from paradigms.guided_decoding.lm_adaptation import (
@@ -223,6 +223,8 @@ def test_magic_fingerprint_reflects_adaptation(tiny_llm, tmp_path) -> None:
     fp = plain.fingerprint()
     # unchanged from before adaptation existed: cached unadapted answers stay valid
     assert fp["lm_adapted"] is False and "adapt_lm" not in fp["options"]
+    plain.prepare()
+    assert plain.training_record() is None  # nothing adapted: no training to log
     adapted = _magic(tiny_llm, tmp_path, adapt_lm={"dataset": "photos_caption", **TINY_TRAIN})
     other_steps = _magic(tiny_llm, tmp_path, adapt_lm={"dataset": "photos_caption", **{**TINY_TRAIN, "steps": 11}})
     other_data = _magic(tiny_llm, tmp_path, adapt_lm={"dataset": "photos_caption", "split": "test", **TINY_TRAIN})
@@ -264,8 +266,9 @@ def test_magic_decodes_captions_with_the_adapted_copy(tiny_llm, tmp_path) -> Non
         top_adapted = int(m._adapted.llm.model(ids).logits[0, -1].argmax())
         top_shared = int(tiny_llm.model(ids).logits[0, -1].argmax())
     assert top_adapted != top_shared
-    # MLflow logging reads these (harness.training_run.log_training)
+    # MLflow logging reads the training record (harness.training_run.log_training)
     assert len(m.train_result.loss_curve) == TINY_TRAIN["steps"] and m.checkpoint_dir.name == m.adaptation_key()
+    assert m.training_record() == TrainingRecord(m.train_result, m.checkpoint_dir)
     parts = m.train_result.extra["parts_curve"]
     assert [s for s, _ in parts["mle"]] == [s for s, _ in m.train_result.loss_curve]
     assert all(abs(t - (a + b)) < 1e-4 for (_, t), (_, a), (_, b) in zip(m.train_result.loss_curve, parts["mle"], parts["contrastive"]))

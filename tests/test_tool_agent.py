@@ -172,6 +172,7 @@ def test_react_multi_step_trajectory():
     assert t["transcript"][1]["observation"].startswith("yes")
     assert t["tool_calls"] == 2 and ans.tool_calls == 2 and t["parse_errors"] == 0
     assert t["tools_used"] == ["Check Image Shows", "Detect Objects"] and not t["budget_exhausted"]
+    assert (ans.parse_errors, ans.tool_failures, ans.budget_exhausted) == (0, 0, False)
     first, second = user_text(llm.calls[0][0][0]), user_text(llm.calls[1][0][0])
     assert "> Detect Objects: useful when" in first
     # the upload turn (no captioner configured: the file name only) and the AI's "Received."
@@ -249,6 +250,7 @@ def test_bad_arguments_become_observations(action_input: str, message: str):
     ans = agent(VisualChatGPT, llm).answer_batch([req()])[0]
     assert message in ans.trace["transcript"][0]["observation"]
     assert ans.trace["parse_errors"] == 1 and ans.error is None and ans.text == "cat"
+    assert ans.parse_errors == 1 and ans.tool_failures == 0  # bad input is the agent's error, not the tool's
 
 
 def test_tool_that_raises_is_an_observation_not_a_crash():
@@ -257,6 +259,15 @@ def test_tool_that_raises_is_an_observation_not_a_crash():
     obs = ans.trace["transcript"][0]["observation"]
     assert obs == "Read Text failed: RuntimeError: ocr model exploded"
     assert ans.error is None and ans.text == "a stop sign" and ans.tool_calls == 1
+    assert ans.tool_failures == 1 == ans.trace["tool_failures"] and ans.parse_errors == 0
+
+
+def test_a_tool_failing_on_a_demonstration_counts_as_a_tool_failure():
+    shots = (Shot("d1", "shot1", img("blue"), "Question: what animal is this? Short answer:", "dog"),)
+    llm = ScriptedLLM([" No\nAI: cat"])
+    ans = agent(VisualChatGPT, llm, ocr_raises=True, shot_tool="Read Text").answer_batch([req(shots=shots)])[0]
+    assert ans.trace["demos"][0]["observation"].startswith("Read Text failed")
+    assert ans.tool_calls == 1 and ans.tool_failures == 1 and ans.text == "cat"
 
 
 def test_step_limit_forces_a_final_answer():
@@ -264,7 +275,7 @@ def test_step_limit_forces_a_final_answer():
     llm = ScriptedLLM([act, act, "tabby cat\nmore"])
     ans = agent(VisualChatGPT, llm, max_steps=2).answer_batch([req()])[0]
     assert ans.trace["budget_exhausted"] and ans.trace["answer_source"] == "forced_final"
-    assert ans.text == "tabby cat" and ans.tool_calls == 2
+    assert ans.text == "tabby cat" and ans.tool_calls == 2 and ans.budget_exhausted
     forced_prompt, forced_settings = llm.calls[-1][0][0], llm.calls[-1][1]
     assert forced_prompt.endswith("<assistant>\nThought: Do I need to use a tool? No\nAI:")
     assert forced_settings.max_new_tokens == 8 and forced_settings.stop == ("\n",)
@@ -283,7 +294,7 @@ def test_format_ignored_twice_takes_the_text_as_answer():
     s = ans.trace["transcript"]
     assert s[0]["kind"] == "malformed" and "Could not parse LLM output" in s[0]["observation"]
     assert ans.text == "It is a tabby cat." and ans.trace["answer_source"] == "free_text"
-    assert ans.trace["parse_errors"] == 2
+    assert ans.trace["parse_errors"] == 2 and ans.parse_errors == 2
 
 
 def test_answer_cut_at_newline_and_to_max_new_tokens():
@@ -372,6 +383,7 @@ def test_batched_stepping_equals_one_by_one():
     # samples at the same step share a call; img2 runs out of steps and gets a forced final
     assert [len(p) for p, _ in batched_llm.calls] == [3, 2, 2, 1]
     assert batched[2].trace["budget_exhausted"] and not batched[0].trace["budget_exhausted"]
+    assert [a.budget_exhausted for a in batched] == [False, False, True]
 
 
 def test_batch_invariance_with_a_real_tiny_llm(tiny_llm):
