@@ -20,9 +20,10 @@ from typing import Any, Callable, Sequence
 
 from harness.backbones import Backbones
 from harness.cache import ResultCache, sample_key
+from harness.chunking import answer_in_chunks
 from harness.config import ConfigError, ParadigmSpec, RunConfig, format_validation_error, repo_root, stable_hash
 from harness.failures import describe, is_transient
-from harness.interface import Answer, Paradigm, Request, RetryableFailure, Shot
+from harness.interface import Answer, Paradigm, Request, Shot
 from harness.models.llm import GenerationSettings
 from harness.models.served_llm import llm_cost
 from harness.registry import FAMILIES, paradigms
@@ -535,24 +536,8 @@ class Runner:
         )
 
     def _answer(self, paradigm: Paradigm, requests: list[Request]) -> list[Answer]:
-        """Batched answer; if the batch as a whole raises, isolate the bad sample one by one."""
-        start = time.perf_counter()
-        try:
-            answers = paradigm.answer_batch(requests)
-            if len(answers) != len(requests):
-                raise RuntimeError(f"{paradigm.name} returned {len(answers)} answers for {len(requests)} requests")
-        except (KeyboardInterrupt, RetryableFailure):
-            raise  # RetryableFailure: not an answer; nothing of this batch is cached, the run stops
-        except (Exception, MemoryError) as exc:  # noqa: BLE001 - classified: transient ones are not cached
-            if len(requests) == 1:
-                return [_failure(describe(exc), exc)]
-            # One by one: isolates a bad sample, and a batch too large for memory may fit singly.
-            return [a for r in requests for a in self._answer(paradigm, [r])]
-        per = (time.perf_counter() - start) / max(1, len(requests))
-        for a in answers:
-            if not a.latency_s:
-                a.latency_s = per
-        return answers
+        """The whole batch in one call; if it raises, each sample alone (``harness.chunking``)."""
+        return answer_in_chunks(requests, max(1, len(requests)), paradigm.answer_batch, what=paradigm.name)
 
     def barrier(self) -> None:
         import torch.distributed as dist
