@@ -199,6 +199,10 @@ class Paradigm(ABC):
     uses: ClassVar[tuple[str, ...]]
     #: Whether ``prepare`` trains something that ``mmbench train`` may run on its own (a connector).
     has_training_step: ClassVar[bool] = False
+    #: Options that change only speed or memory, never an answer (batch sizes whose batched answers
+    #: a test shows equal to one-by-one answers): left out of the cache key, so changing them
+    #: reuses cached answers.
+    speed_only: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, backbones: "Backbones", options: Any, generation: "GenerationSettings") -> None:
         self.backbones = backbones
@@ -214,7 +218,11 @@ class Paradigm(ABC):
 
     def fingerprint(self) -> dict[str, Any]:
         """What, besides the shared backbones, determines this paradigm's answers (for the cache key)."""
-        return {"paradigm": self.name, "options": self.options.model_dump(mode="json")}
+        return {"paradigm": self.name, "options": self.keyed_options()}
+
+    def keyed_options(self) -> dict[str, Any]:
+        """The options as they enter the cache key: all but the ``speed_only`` ones."""
+        return {k: v for k, v in self.options.model_dump(mode="json").items() if k not in self.speed_only}
 
     def prepare(self) -> None:
         """One-off work before answering (training an adapter, adapting an LM); cached by the paradigm.

@@ -21,14 +21,13 @@ from typing import Any, Callable
 
 from harness.backbones import Backbones
 from harness.cache import ResultCache
-from harness.failures import describe
-from harness.interface import Answer, Paradigm, Request, RetryableFailure
+from harness.interface import Answer, Paradigm, Request
 from harness.keys import KeyedSample, keyed_sample, paradigm_fingerprint
+from harness.chunking import answer_in_chunks
 from harness.models.llm import GenerationSettings
 from harness.plan import Plan, PlannedParadigm, Unit
 from harness.progress import Stopwatch, progress_bar
 from harness.request_builder import build_request
-from harness.request_builder import failure as _failure  # the name Runner._answer has always used
 from harness.unit_result import UnitResult, prediction_rows, shot_strategy, unit_costs
 from tasks.metrics.scoring import UnitScoring
 from tasks.shots import ShotSelector
@@ -110,24 +109,8 @@ class Runner:
 
     # -------------------------------------------------------------- computing
     def _answer(self, paradigm: Paradigm, requests: list[Request]) -> list[Answer]:
-        """Batched answer; if the batch as a whole raises, isolate the bad sample one by one."""
-        start = time.perf_counter()
-        try:
-            answers = paradigm.answer_batch(requests)
-            if len(answers) != len(requests):
-                raise RuntimeError(f"{paradigm.name} returned {len(answers)} answers for {len(requests)} requests")
-        except (KeyboardInterrupt, RetryableFailure):
-            raise  # RetryableFailure: not an answer; nothing of this batch is cached, the run stops
-        except (Exception, MemoryError) as exc:  # noqa: BLE001 - classified: transient ones are not cached
-            if len(requests) == 1:
-                return [_failure(describe(exc), exc)]
-            # One by one: isolates a bad sample, and a batch too large for memory may fit singly.
-            return [a for r in requests for a in self._answer(paradigm, [r])]
-        per = (time.perf_counter() - start) / max(1, len(requests))
-        for a in answers:
-            if not a.latency_s:
-                a.latency_s = per
-        return answers
+        """The whole batch in one call; if it raises, each sample alone (``harness.chunking``)."""
+        return answer_in_chunks(requests, max(1, len(requests)), paradigm.answer_batch, what=paradigm.name)
 
     def barrier(self) -> None:
         import torch.distributed as dist

@@ -14,6 +14,7 @@ Why it looks the way it does:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ STATE_META_KEY = "mmbench.train_state"
 LEGACY_STATE_META = "train_state.json"
 FINAL_FILE = "connector.safetensors"
 FINAL_META = "meta.json"
+
+log = logging.getLogger(__name__)
 
 
 class TrainOptions(Strict):
@@ -201,6 +204,11 @@ def train(
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
     desc: str = "training adapter",
+    lr_schedule: Callable[[int], float] | None = None,
+    adam_eps: float = 1e-8,
+    amp: bool = True,
+    rng_state: bool = False,
+    store_final: bool = True,
 ) -> TrainResult:
     """Train ``module`` for ``opts.steps`` steps, resuming from ``ckpt_dir`` if a state is there.
 
@@ -209,6 +217,13 @@ def train(
     curves are kept beside the total's (``TrainResult.extra["parts_curve"]``, also across a resume);
     ``frozen`` modules are asserted to receive no gradient. ``on_step(step, loss)`` is called after
     each optimiser step (tests use it to simulate a crash). Returns the loss curve [(step, loss)].
+
+    What differs between trainings is a parameter, never a second loop: ``lr_schedule(step)`` (the
+    base learning rate; default :func:`lr_at`), ``adam_eps``, ``amp`` (bfloat16 autocast on CUDA),
+    ``rng_state`` (the loop runs on torch's RNG seeded with ``opts.seed``, forked so the caller's is
+    untouched, and a checkpoint saves and restores it, so dropout masks after a resume are the
+    uninterrupted run's) and ``store_final`` (False: the caller stores the trained module its own
+    way and then removes the resumable state, :data:`STATE_FILE`; nothing else is written here).
     """
     if n_examples < 1:
         raise ValueError("no training examples")
@@ -220,30 +235,75 @@ def train(
         raise ValueError("train() needs steps >= 1 (steps: 0 means the caller evaluates the untrained module)")
     groups = param_groups(module, opts)
     params = [p for g in groups for p in g["params"]]  # type: ignore[attr-defined]
-    opt = torch.optim.AdamW(groups, lr=opts.lr, weight_decay=opts.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=opts.lr, weight_decay=opts.weight_decay, eps=adam_eps)
+    state_path = ckpt_dir / STATE_FILE
+    use_amp = amp and device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if rng_state and device.type == "cuda" else [], enabled=rng_state):
+        if rng_state:
+            torch.manual_seed(opts.seed)
+        result = _loop(module, loss_fn, n_examples, opts, opt, params, state_path, frozen=frozen, device=device,
+                       progress=progress, on_step=on_step, desc=desc, lr_schedule=lr_schedule, use_amp=use_amp,
+                       rng_state=rng_state)
+    opt.zero_grad(set_to_none=True)  # the gradients of a large module are as large as it
+    module.eval()
+    if store_final:
+        save_weights(module, ckpt_dir / FINAL_FILE)
+        atomic_json(
+            {"steps": opts.steps, "loss_curve": result.loss_curve, "seconds": result.seconds,
+             "resumed_from": result.resumed_from, "trainable_params": result.trainable_params, **result.extra},
+            ckpt_dir / FINAL_META,
+        )
+        state_path.unlink(missing_ok=True)
+    return result
+
+
+def _loop(
+    module: nn.Module,
+    loss_fn: Callable[[Sequence[int]], LossOut],
+    n_examples: int,
+    opts: TrainOptions,
+    opt: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    state_path: Path,
+    *,
+    frozen: Sequence[nn.Module],
+    device: torch.device,
+    progress: bool,
+    on_step: Callable[[int, float], None] | None,
+    desc: str,
+    lr_schedule: Callable[[int], float] | None,
+    use_amp: bool,
+    rng_state: bool,
+) -> TrainResult:
+    """:func:`train`'s steps, from the resumable state if there is one (on the RNG ``train`` chose)."""
     curve: list[tuple[int, float]] = []
     parts_curve: dict[str, list[tuple[int, float]]] = {}
     start = 0
     elapsed_before = 0.0
-    state_path = ckpt_dir / STATE_FILE
     saved = load_train_state(state_path, opt, device)
     if saved is not None:
         meta = saved.scalars
-        module.load_state_dict(saved.weights, strict=True)
+        _load_unique_state(module, saved.weights)
         start = int(meta["step"])
         curve = [(int(s), float(l)) for s, l in meta["loss_curve"]]
         parts_curve = _read_parts(meta)
         elapsed_before = float(meta.get("seconds", 0.0))
-    use_amp = device.type == "cuda"
+        if rng_state:
+            torch.set_rng_state(saved.extra["rng_cpu"].cpu())
+            if device.type == "cuda" and "rng_cuda" in saved.extra:
+                torch.cuda.set_rng_state(saved.extra["rng_cuda"].cpu(), device)
+        log.info("%s: resumed at step %d/%d from %s", desc, start, opts.steps, state_path)
     t0 = time.perf_counter()
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=opts.steps, initial=start, desc=desc, leave=False)
+    every = max(1, opts.steps // 10)
     for step in range(start, opts.steps):
+        base_lr = lr_schedule(step) if lr_schedule is not None else lr_at(step, opts)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, opts) * float(g.get("lr_mult", 1.0))
+            g["lr"] = base_lr * float(g.get("lr_mult", 1.0))
         opt.zero_grad(set_to_none=True)
         total = 0.0
         part_sums: dict[str, float] = {}
@@ -269,26 +329,49 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{total:.3f}")
         done = step + 1
+        if done % every == 0 or done == opts.steps:
+            log.info("%s: step %d/%d, loss %.4f%s", desc, done, opts.steps, total,
+                     "".join(f", {k} {v:.4f}" for k, v in part_sums.items()))
         if done % opts.save_every == 0 and done < opts.steps:
-            save_train_state(state_path, dict(module.state_dict()), opt,
+            extra = {}
+            if rng_state:
+                extra["rng_cpu"] = torch.get_rng_state()
+                if device.type == "cuda":
+                    extra["rng_cuda"] = torch.cuda.get_rng_state(device)
+            save_train_state(state_path, _unique_state(module), opt,
                              {"step": done, "loss_curve": curve, "seconds": elapsed_before + time.perf_counter() - t0,
-                              **_parts_meta(parts_curve)})
+                              **_parts_meta(parts_curve)}, extra=extra)
         if on_step is not None:
             on_step(done, total)
         fault_point("train_step")
     if bar is not None:
         bar.close()
-    module.eval()
     seconds = elapsed_before + time.perf_counter() - t0
     n_params = sum(p.numel() for p in params)
-    save_weights(module, ckpt_dir / FINAL_FILE)
-    atomic_json(
-        {"steps": opts.steps, "loss_curve": curve, "seconds": seconds, "resumed_from": start, "trainable_params": n_params,
-         **_parts_meta(parts_curve)},
-        ckpt_dir / FINAL_META,
-    )
-    state_path.unlink(missing_ok=True)
     return TrainResult(curve, opts.steps, seconds, start, n_params, extra=_parts_meta(parts_curve))
+
+
+def _unique_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each storage once (tied input/output embeddings: the first name is kept),
+    as safetensors refuses shared tensors. A module without shared tensors: its state dict."""
+    seen: set[tuple[int, int]] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, t in module.state_dict().items():
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if t.numel() and ident in seen:
+            continue
+        seen.add(ident)
+        out[name] = t
+    return out
+
+
+def _load_unique_state(module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load what :func:`_unique_state` saved: every name but a tied alias must be there."""
+    aliases = set(module.state_dict()) - set(_unique_state(module))
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    if unexpected or set(missing) - aliases:
+        raise RuntimeError(f"checkpoint does not match the module: missing {sorted(set(missing) - aliases)}, "
+                           f"unexpected {sorted(unexpected)}")
 
 
 def _parts_meta(parts_curve: dict[str, list[tuple[int, float]]]) -> dict[str, object]:

@@ -7,6 +7,7 @@ preference is known in advance. Real-image tests use the project's offline score
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -227,3 +228,33 @@ def test_magic_real_smollm2_offline_scorer_caption(smollm2) -> None:
     assert ans.error is None, ans.error
     assert len(ans.text.split()) >= 2
     assert ans.trace["scorer"].startswith("tag-minilm")  # labelled as what it is, not CLIP
+
+
+# ------------------------------------------------------------------ one failing request in a batch
+class FlakyScorer(TrigramScorer):
+    """Reading image "flaky" is an I/O error (transient); an image it has no description of is a KeyError."""
+
+    def embed_images(self, images: list[Any], image_ids: list[str]) -> torch.Tensor:
+        if "flaky" in image_ids:
+            raise OSError(errno.EIO, "input/output error reading the image")
+        return super().embed_images(images, image_ids)
+
+
+@pytest.mark.parametrize("variant", ["magic", "zerocap"])
+def test_a_failing_request_fails_alone_with_its_own_reason(tiny_llm, variant) -> None:
+    """Both failures come back in one batched call: each item alone, classified on its own exception
+    (the batch failed with the transient one; the KeyError must still be cached as deterministic)."""
+    if variant == "magic":
+        para = Magic(Shared(tiny_llm, FlakyScorer(TARGETS)), MagicOptions(k=6, max_new_tokens=4, decode_batch=8), GEN)
+    else:
+        opts = ZeroCapOptions(beam=2, steps=1, top_candidates=16, max_new_tokens=4, decode_batch=8)
+        para = ZeroCap(Shared(tiny_llm, FlakyScorer(TARGETS)), opts, GEN)
+    good = _requests()[:3]
+    flaky = Request("f", "flaky", IMG, "Write a short caption for this image.", kind="caption")
+    unknown = Request("u", "unknown", IMG, "Write a short caption for this image.", kind="caption")
+    batch = para.answer_batch([good[0], flaky, unknown, good[1], good[2]])
+    assert batch[1].error.startswith("OSError") and batch[1].transient  # not cached: the next run retries it
+    assert batch[2].error == "KeyError: 'unknown'" and not batch[2].transient  # cached with its reason
+    alone = [para.answer_batch([r])[0] for r in good]
+    assert all(a.error is None and a.text for a in alone)
+    assert [a.text for a in (batch[0], batch[3], batch[4])] == [a.text for a in alone]

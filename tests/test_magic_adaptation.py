@@ -157,9 +157,8 @@ def test_adaptation_lowers_heldout_loss_keeps_shared_llm_and_is_cached(tiny_llm,
     assert not set(corpus.captions) & set(heldout)
     before = _state(tiny_llm.model)
     ident = base_llm_identity(Shared(tiny_llm, None, tmp_path))
-    started = la.TRAININGS_STARTED
     first = adapt_language_model(tiny_llm, corpus, o, tmp_path, base_identity=ident, heldout=heldout, progress=False)
-    assert la.TRAININGS_STARTED == started + 1 and first.trained_steps == o.steps
+    assert first.trained_steps == o.steps and first.meta["resumed_from"] == 0  # trained, from scratch
     _assert_identical(tiny_llm.model, before)
     assert first.llm.model is not tiny_llm.model and first.llm.tokenizer is tiny_llm.tokenizer
 
@@ -180,9 +179,9 @@ def test_adaptation_lowers_heldout_loss_keeps_shared_llm_and_is_cached(tiny_llm,
     def no_training(*a: Any, **k: Any) -> None:
         raise AssertionError("a cached adaptation must not train")
 
-    monkeypatch.setattr(la, "train_copy", no_training)
+    monkeypatch.setattr(la, "train", no_training)  # the shared loop (harness.training.train) as the module calls it
     second = adapt_language_model(tiny_llm, corpus, o, tmp_path, base_identity=ident, heldout=heldout, progress=False)
-    assert second.trained_steps == 0 and la.TRAININGS_STARTED == started + 1
+    assert second.trained_steps == 0
     assert second.key == first.key and second.meta == first.meta
     ref = first.llm.model.state_dict()
     for k, v in second.llm.model.state_dict().items():
@@ -236,12 +235,11 @@ def test_magic_fingerprint_reflects_adaptation(tiny_llm, tmp_path) -> None:
     assert _magic(tiny_llm, tmp_path, decode_batch=2).fingerprint() == fp  # speed-only option
 
 
-def test_magic_decodes_captions_with_the_adapted_copy(tiny_llm, tmp_path) -> None:
+def test_magic_decodes_captions_with_the_adapted_copy(tiny_llm, tmp_path, monkeypatch) -> None:
     before = _state(tiny_llm.model)
     m = _magic(tiny_llm, tmp_path, adapt_lm={"dataset": "photos_caption", **TINY_TRAIN})
-    started = la.TRAININGS_STARTED
     m.prepare()
-    assert la.TRAININGS_STARTED == started + 1
+    assert m._adapted.trained_steps == TINY_TRAIN["steps"]  # trained here, every step
     _assert_identical(tiny_llm.model, before)
     reqs = [
         Request("c1", "dog", IMG, "Write a short caption for this image.", kind="caption"),
@@ -276,8 +274,9 @@ def test_magic_decodes_captions_with_the_adapted_copy(tiny_llm, tmp_path) -> Non
 
     # a new instance (a rerun, another rank) reuses the stored copy: nothing trained, same captions
     again = _magic(tiny_llm, tmp_path, adapt_lm={"dataset": "photos_caption", **TINY_TRAIN})
+    monkeypatch.setattr(la, "train", lambda *a, **k: pytest.fail("a stored adaptation must not train again"))
     again.prepare()
-    assert la.TRAININGS_STARTED == started + 1 and again._adapted.trained_steps == 0
+    assert again._adapted.trained_steps == 0
     assert [a.text for a in again.answer_batch(reqs)] == [a.text for a in answers]
 
 
@@ -359,22 +358,22 @@ def test_killed_adaptation_resumes_to_the_uninterrupted_weights(tmp_path, dropou
     seqs = [[1 + (i * 7 + j * 3) % 90 for j in range(4 + i % 5)] for i in range(24)]
     o = _opts(steps=7, save_every=2, batch_size=4, lr=1e-2)
     ref = fresh()
-    ref_curve, ref_start = la.train_copy(ref, seqs, o, 0, progress=False)
-    assert ref_start == 0 and len(ref_curve) == 7
+    full = la.train_lm(ref, seqs, o, 0, tmp_path / "ref", progress=False)
+    assert full.resumed_from == 0 and len(full.loss_curve) == 7
 
-    state = tmp_path / STATE_FILE
+    state = tmp_path / "killed" / STATE_FILE
 
-    def die_after_5(step: int) -> None:
+    def die_after_5(step: int, loss: float) -> None:
         if step == 5:
             raise _Killed
 
     with pytest.raises(_Killed):
-        la.train_copy(fresh(), seqs, o, 0, state_path=state, progress=False, on_step=die_after_5)
+        la.train_lm(fresh(), seqs, o, 0, state.parent, progress=False, on_step=die_after_5)
     assert state.is_file()
     resumed = fresh()
-    curve, start = la.train_copy(resumed, seqs, o, 0, state_path=state, progress=False)
-    assert start == 4  # the checkpoint of step 4; step 5 is redone
-    assert curve == ref_curve
+    again = la.train_lm(resumed, seqs, o, 0, state.parent, progress=False)
+    assert again.resumed_from == 4  # the checkpoint of step 4; step 5 is redone
+    assert again.loss_curve == full.loss_curve and again.extra["parts_curve"] == full.extra["parts_curve"]
     for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
     # tied input/output embeddings stay one tensor after the resume

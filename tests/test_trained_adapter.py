@@ -330,3 +330,23 @@ def test_blip2_pretrained_without_weights_says_what_to_do(tmp_path):
     empty.mkdir()
     with pytest.raises(ModelUnavailable, match="cannot load BLIP-2"):
         cls(None, cls.Options(model=str(empty)), GEN).prepare()
+
+
+def test_an_overlong_request_fails_alone_and_its_neighbours_are_answered(encoder, tiny_llm, tmp_path):
+    """A row longer than the LLM's positions fails only itself; the rest of its decode batch is
+    answered as each would be alone (it used to fail the whole batch, with the same reason cached)."""
+    p = FrozenAdapter(_backbones(tiny_llm, tmp_path, encoder), _fast(FrozenAdapter, steps=0), GEN)
+    p.prepare()  # the seeded untrained connector: answering is what is tested
+    limit = p.mm.max_positions()
+    reqs = [
+        Request("a", "rocket", _skimage("rocket"), "Write a short caption.", kind="caption", max_new_tokens=5),
+        Request("long", "coffee", _skimage("coffee"), "Describe: " + "and then " * limit, max_new_tokens=4),
+        Request("b", "coffee", _skimage("coffee"), "Question: what is on the table? Short answer:", max_new_tokens=4),
+        Request("e", "coffee", _skimage("coffee"), "Q: what?", kind="multiple_choice", choices=("cup", "rocket")),
+    ]
+    together = p.answer_batch(reqs)
+    assert together[1].error == f"ValueError: sequence longer than the LLM's {limit} positions"
+    assert not together[1].transient
+    alone = [p.answer_batch([r])[0] for r in (reqs[0], reqs[2], reqs[3])]
+    assert all(a.error is None for a in alone)
+    assert [a.text for a in (together[0], together[2], together[3])] == [a.text for a in alone]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,7 +32,7 @@ from pydantic import Field, field_validator, model_validator
 
 from harness.config import Strict, repo_root, stable_hash
 from harness.atomic import atomic_json, atomic_path
-from harness.training import STATE_FILE, TrainResult, batch_indices, load_train_state, save_train_state
+from harness.training import STATE_FILE, STATE_META_KEY, TrainOptions, TrainResult, train
 from paradigms.guided_decoding.common import positions_from_mask
 from paradigms.guided_decoding.lm_step import head_logits, trunk_forward
 
@@ -370,97 +369,65 @@ def lr_factor(step: int, steps: int, warmup_fraction: float) -> float:
     return max(0.0, (steps - step) / max(1, steps - warm))
 
 
-#: Counts optimisation runs in this process (tests assert that a cached adaptation trains nothing).
-TRAININGS_STARTED = 0
+def train_options(o: AdaptationOptions) -> TrainOptions:
+    """The adaptation's settings as the shared training loop reads them (batches, clipping, seed, checkpoints)."""
+    return TrainOptions(steps=o.steps, batch_size=o.batch_size, grad_accum=o.grad_accum, lr=o.lr,
+                        weight_decay=o.weight_decay, warmup_steps=int(o.warmup_fraction * o.steps),
+                        max_grad_norm=o.max_grad_norm, seed=o.seed, save_every=o.save_every)
 
 
-def train_copy(
+def train_lm(
     model: torch.nn.Module,
     seqs: Sequence[Sequence[int]],
     o: AdaptationOptions,
     pad_id: int,
+    directory: Path,
     *,
-    state_path: Path | None = None,
     progress: bool = True,
     on_step: Any = None,
-) -> tuple[list[tuple[int, float, float, float]], int]:
-    """Train ``model`` (already a copy, float32) in place; returns ([(step, total, mle, cl)], resumed_from).
+) -> TrainResult:
+    """Train ``model`` (already a copy, float32) in place with :func:`harness.training.train`.
 
-    With ``state_path``, a checkpoint is written there every ``o.save_every`` steps and a run finds
-    and resumes from it: weights, AdamW moments, loss curve and the torch RNG state (dropout) are
-    restored, and the batch at a step is a function of (seed, step), so the result is the
-    uninterrupted run's. ``on_step(step)`` runs after each step (tests simulate a crash with it).
+    The authors' recipe as that loop's parameters: SimCTG loss (MLE and contrastive parts), linear
+    warm-up then decay to 0, AdamW with eps 1e-6, float32 (no autocast), and the RNG (dropout) seeded
+    and kept in the resumable checkpoint under ``directory``, so a killed run resumes to the
+    uninterrupted run's weights. The caller stores the weights and then removes the checkpoint.
     """
-    global TRAININGS_STARTED
     if not seqs:
         raise ValueError("LM adaptation: no caption has 2 or more tokens")
-    TRAININGS_STARTED += 1
-    model.train()
-    named = dict(model.named_parameters())  # each tied tensor once
-    params = list(named.values())
-    for p in params:
+    _drop_old_state(directory / STATE_FILE)
+    for p in model.parameters():
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, eps=1e-6)
-    device = params[0].device
-    curve: list[tuple[int, float, float, float]] = []
-    start = 0
-    saved = load_train_state(state_path, opt, device) if state_path is not None else None
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=o.steps, desc="adapting LM to captions (MAGIC)", leave=False)
-    every = max(1, o.steps // 10)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(o.seed)
-        if saved is not None:
-            with torch.no_grad():
-                for name, p in named.items():
-                    p.copy_(saved.weights[name])
-            torch.set_rng_state(saved.extra["rng_cpu"].cpu())
-            if device.type == "cuda" and "rng_cuda" in saved.extra:
-                torch.cuda.set_rng_state(saved.extra["rng_cuda"].cpu(), device)
-            start = int(saved.scalars["step"])
-            curve = [(int(a), float(b), float(c), float(d)) for a, b, c, d in saved.scalars["loss_curve"]]
-            log.info("LM adaptation resumed at step %d/%d from %s", start, o.steps, state_path)
-            if bar is not None:
-                bar.update(start)
-        for step in range(start, o.steps):
-            for g in opt.param_groups:
-                g["lr"] = o.lr * lr_factor(step, o.steps, o.warmup_fraction)
-            opt.zero_grad(set_to_none=True)
-            tot = mle_sum = cl_sum = 0.0
-            for micro in range(o.grad_accum):
-                idx = batch_indices(step, micro, len(seqs), o)  # type: ignore[arg-type]  # reads batch_size/grad_accum/seed
-                loss, mle, cl = lm_simctg_loss(model, [seqs[i] for i in idx], o.margin, pad_id)
-                (loss / o.grad_accum).backward()
-                tot += float(loss.detach()) / o.grad_accum
-                mle_sum += float(mle.detach()) / o.grad_accum
-                cl_sum += float(cl.detach()) / o.grad_accum
-            torch.nn.utils.clip_grad_norm_(params, o.max_grad_norm)
-            opt.step()
-            curve.append((step + 1, tot, mle_sum, cl_sum))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{tot:.3f}")
-            if (step + 1) % every == 0 or step + 1 == o.steps:
-                log.info("LM adaptation step %d/%d: loss %.4f (MLE %.4f, contrastive %.4f)", step + 1, o.steps, tot, mle_sum, cl_sum)
-            if state_path is not None and (step + 1) % o.save_every == 0 and step + 1 < o.steps:
-                rng = {"rng_cpu": torch.get_rng_state()}
-                if device.type == "cuda":
-                    rng["rng_cuda"] = torch.cuda.get_rng_state(device)
-                save_train_state(state_path, {k: p.detach() for k, p in named.items()}, opt,
-                                 {"step": step + 1, "loss_curve": curve}, extra=rng)
-            if on_step is not None:
-                on_step(step + 1)
-    if bar is not None:
-        bar.close()
-    opt.zero_grad(set_to_none=True)
-    del opt
-    model.eval()
-    for p in params:
-        p.requires_grad_(False)
-    return curve, start
+    def loss_fn(idx: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, mle, cl = lm_simctg_loss(model, [seqs[i] for i in idx], o.margin, pad_id)
+        return loss, {"mle": float(mle.detach()), "contrastive": float(cl.detach())}
+
+    try:
+        return train(model, loss_fn, len(seqs), train_options(o), directory, device=next(model.parameters()).device,
+                     progress=progress, on_step=on_step, desc="adapting LM to captions (MAGIC)",
+                     lr_schedule=lambda step: o.lr * lr_factor(step, o.steps, o.warmup_fraction), adam_eps=1e-6,
+                     amp=False, rng_state=True, store_final=False)
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+
+def _drop_old_state(path: Path) -> None:
+    """A checkpoint of the adaptation's own loop of earlier versions (loss rows [step, total, mle, cl])
+    is not resumed: the shared loop keeps the parts as curves of their own. The adaptation restarts."""
+    if not path.is_file():
+        return
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {}).get(STATE_META_KEY, "{}"))
+    except Exception:  # noqa: BLE001 - unreadable: load_train_state sets it aside
+        return
+    if any(len(row) != 2 for row in header.get("loss_curve", [])):
+        log.info("LM adaptation: checkpoint %s has the old layout; starting over", path)
+        path.unlink(missing_ok=True)
 
 
 def _atomic_weights(model: torch.nn.Module, path: Path) -> None:
@@ -549,11 +516,10 @@ def adapt_language_model(
         seqs, dropped = encode_captions(tok, corpus.captions, o.text_format, o.max_length)
         log.info("adapting %s to %d captions (%s), %d steps; stored under %s", base.name, len(seqs), corpus.describe(), o.steps, directory)
         model.float()
-        t0 = time.perf_counter()
-        directory.mkdir(parents=True, exist_ok=True)
-        curve, resumed_from = train_copy(model, seqs, o, pad_id, state_path=directory / STATE_FILE, progress=progress)
-        seconds = time.perf_counter() - t0
-        trained = o.steps - resumed_from
+        result = train_lm(model, seqs, o, pad_id, directory, progress=progress)
+        trained = o.steps - result.resumed_from
+        parts = {k: dict(c) for k, c in result.extra.get("parts_curve", {}).items()}  # type: ignore[union-attr]
+        curve = [(s, t, parts["mle"][s], parts["contrastive"][s]) for s, t in result.loss_curve]
         _atomic_weights(model, directory / WEIGHTS_FILE)
         model.to(base_dtype)
         meta = {
@@ -564,8 +530,8 @@ def adapt_language_model(
                        "n_sequences": len(seqs), "dropped_short": dropped},
             "options": o.model_dump(mode="json", include=set(TRAINING_FIELDS)),
             "steps": o.steps,
-            "resumed_from": resumed_from,
-            "seconds": round(seconds, 2),  # of the process that finished it (steps resumed_from..steps)
+            "resumed_from": result.resumed_from,
+            "seconds": round(result.seconds, 2),  # over all the runs that trained it (resumed ones too)
             "trainable_params": sum(p.numel() for p in model.parameters()),
             "loss_curve": [[s, round(t, 6), round(m, 6), round(c, 6)] for s, t, m, c in curve],
             "loss_curve_columns": ["step", "total", "mle", "contrastive"],

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 from pydantic import Field
 
+from harness.chunking import answer_in_chunks
 from harness.config import Strict
 from harness.interface import Answer, Paradigm, Request, TrainingRecord
 from harness.models.llm import default_cache_dir
@@ -75,8 +76,8 @@ class MagicOptions(Strict):
     )
 
 
-#: Options that only change speed or memory, never an answer (kept out of the cache key).
-SPEED_ONLY = frozenset({"reuse_kv_cache", "decode_batch"})
+def _no_image(r: Request) -> str | None:
+    return "no image: MAGIC needs an image to score candidates against" if r.image is None else None
 
 
 @register_paradigm
@@ -86,6 +87,8 @@ class Magic(Paradigm):
     description = "MAGIC search: LM top-k re-ranked by fluency, degeneration penalty and image–text score"
     Options = MagicOptions
     uses = ("llm", "scorer")
+    # tests: test_magic_batch_invariant_and_failures, test_magic_kv_cache_reuse_equals_recomputing_prefix
+    speed_only = frozenset({"reuse_kv_cache", "decode_batch"})
 
     def __init__(self, backbones: Any, options: MagicOptions, generation: Any) -> None:
         super().__init__(backbones, options, generation)
@@ -95,10 +98,9 @@ class Magic(Paradigm):
         self.checkpoint_dir: Any = None
 
     def fingerprint(self) -> dict[str, Any]:
-        dump = self.options.model_dump(mode="json")
         # adapt_lm is represented by its key (base LLM, captions' content, training options); left
         # out when unset so answers cached before the option existed stay valid.
-        opts = {k: v for k, v in dump.items() if k not in SPEED_ONLY and k != "adapt_lm"}
+        opts = {k: v for k, v in self.keyed_options().items() if k != "adapt_lm"}
         return {"paradigm": self.name, "options": opts, "lm_adapted": self.adaptation_key() or False}
 
     def adaptation_key(self) -> str | None:
@@ -153,27 +155,13 @@ class Magic(Paradigm):
         answers: list[Answer | None] = [None] * len(requests)
         groups: dict[bool, list[int]] = {}
         for i, r in enumerate(requests):
-            if r.image is None:
-                answers[i] = Answer.failed("no image: MAGIC needs an image to score candidates against")
-            else:
-                groups.setdefault(self._uses_adapted(r), []).append(i)
-        step = self.options.decode_batch
-        for ok in groups.values():  # one LM per chunk
-            for start in range(0, len(ok), step):
-                chunk = ok[start : start + step]
-                try:
-                    for i, a in zip(chunk, self._answer_chunk([requests[i] for i in chunk])):
-                        answers[i] = a
-                except Exception as exc:  # one bad chunk: retry its samples one by one
-                    if len(chunk) == 1:
-                        answers[chunk[0]] = Answer.failed(f"{type(exc).__name__}: {exc}")
-                        continue
-                    for i in chunk:
-                        try:
-                            answers[i] = self._answer_chunk([requests[i]])[0]
-                        except Exception as exc1:
-                            answers[i] = Answer.failed(f"{type(exc1).__name__}: {exc1}")
-        return [a if a is not None else Answer.failed("not answered") for a in answers]
+            groups.setdefault(self._uses_adapted(r), []).append(i)
+        for group in groups.values():  # one LM per chunk
+            got = answer_in_chunks([requests[i] for i in group], self.options.decode_batch, self._answer_chunk,
+                                   refuse=_no_image)
+            for i, a in zip(group, got):
+                answers[i] = a
+        return [a for a in answers if a is not None]
 
     def _answer_chunk(self, reqs: Sequence[Request]) -> list[Answer]:
         o = self.options

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from pydantic import Field
 
+from harness.chunking import answer_in_chunks
 from harness.config import Strict
 from harness.interface import Answer, Paradigm, Request
 from harness.registry import register_paradigm
@@ -65,6 +66,10 @@ class ZeroCapOptions(Strict):
     decode_batch: int = Field(4, ge=1, description="images decoded together (memory; never changes answers)")
 
 
+def _no_image(r: Request) -> str | None:
+    return "no image: ZeroCap needs an image to score candidates against" if r.image is None else None
+
+
 @register_paradigm
 class ZeroCap(Paradigm):
     family = "guided_decoding"
@@ -72,10 +77,7 @@ class ZeroCap(Paradigm):
     description = "ZeroCap: per-token gradient shifts of the LM's key/value context toward the scorer"
     Options = ZeroCapOptions
     uses = ("llm", "scorer")
-
-    def fingerprint(self) -> dict[str, Any]:
-        opts = {k: v for k, v in self.options.model_dump(mode="json").items() if k != "decode_batch"}
-        return {"paradigm": self.name, "options": opts}
+    speed_only = frozenset({"decode_batch"})  # test: test_zerocap_batch_invariant_caption_and_vqa
 
     def _settings(self) -> ZeroCapSettings:
         o = self.options
@@ -95,23 +97,7 @@ class ZeroCap(Paradigm):
         )
 
     def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
-        answers: list[Answer] = [Answer.failed("not answered")] * len(requests)
-        ok = [i for i, r in enumerate(requests) if r.image is not None]
-        for i, r in enumerate(requests):
-            if r.image is None:
-                answers[i] = Answer.failed("no image: ZeroCap needs an image to score candidates against")
-        for start in range(0, len(ok), self.options.decode_batch):
-            chunk = ok[start : start + self.options.decode_batch]
-            try:
-                for i, a in zip(chunk, self._answer_chunk([requests[i] for i in chunk])):
-                    answers[i] = a
-            except Exception:
-                for i in chunk:  # isolate the failing sample
-                    try:
-                        answers[i] = self._answer_chunk([requests[i]])[0]
-                    except Exception as exc:
-                        answers[i] = Answer.failed(f"{type(exc).__name__}: {exc}")
-        return answers
+        return answer_in_chunks(requests, self.options.decode_batch, self._answer_chunk, refuse=_no_image)
 
     def _answer_chunk(self, reqs: Sequence[Request]) -> list[Answer]:
         o = self.options

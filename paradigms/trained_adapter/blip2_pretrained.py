@@ -9,39 +9,20 @@ to it (recorded in the trace) — BLIP-2 reports no in-context gains.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 
+from harness.chunking import answer_in_chunks
 from harness.config import Strict
 from harness.interface import Answer, Paradigm, Request, Timer
 from harness.models.llm import ModelUnavailable, _resolve_dtype, cut_at_stop, resolve_device
 from harness.registry import register_paradigm
 
 
-def answer_in_chunks(
-    requests: Sequence[Request], batch_size: int, chunk: Callable[[Sequence[Request], list[int], list], None]
-) -> list[Answer]:
-    """Answer image requests ``batch_size`` at a time with ``chunk(requests, indices, out)``.
-
-    A request without an image fails alone; a chunk that raises fails only its own samples, so one
-    bad batch never stops the run. Shared by the pretrained-checkpoint variants.
-    """
-    out: list[Answer | None] = [None] * len(requests)
-    ok = []
-    for i, r in enumerate(requests):
-        if r.image is None:
-            out[i] = Answer.failed("ValueError: sample has no image")
-        else:
-            ok.append(i)
-    for start in range(0, len(ok), batch_size):
-        idx = ok[start : start + batch_size]
-        try:
-            chunk(requests, idx, out)
-        except Exception as exc:  # one failing batch must not stop the run
-            for i in idx:
-                out[i] = Answer.failed(f"{type(exc).__name__}: {exc}")
-    return [a if a is not None else Answer.failed("not answered") for a in out]
+def no_image(r: Request) -> str | None:
+    """Why a request cannot be answered by an image-text checkpoint (None: it can)."""
+    return "ValueError: sample has no image" if r.image is None else None
 
 
 class Blip2PretrainedOptions(Strict):
@@ -61,6 +42,8 @@ class Blip2Pretrained(Paradigm):
     description: ClassVar[str] = "a pretrained BLIP-2 (Q-Former + frozen LLM) loaded with transformers"
     Options: ClassVar[type] = Blip2PretrainedOptions
     uses: ClassVar[tuple[str, ...]] = ()
+    # test: test_blip2_pretrained_loads_a_local_checkpoint_and_answers (batched == one by one)
+    speed_only: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
     def __init__(self, backbones: Any, options: Any, generation: Any) -> None:
         super().__init__(backbones, options, generation)
@@ -96,32 +79,34 @@ class Blip2Pretrained(Paradigm):
 
     def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
         self.prepare()
-        return answer_in_chunks(requests, self.options.batch_size, self._chunk)
+        return answer_in_chunks(requests, self.options.batch_size, self._chunk, refuse=no_image)
 
     @torch.inference_mode()
-    def _chunk(self, requests: Sequence[Request], idx: list[int], out: list) -> None:
-        prompts = [self.options.caption_prompt if requests[i].kind == "caption" else requests[i].prompt for i in idx]
+    def _chunk(self, requests: Sequence[Request]) -> list[Answer]:
+        prompts = [self.options.caption_prompt if r.kind == "caption" else r.prompt for r in requests]
         with Timer() as t:
             enc = self.processor(
-                images=[requests[i].image for i in idx], text=prompts, return_tensors="pt", padding=True
+                images=[r.image for r in requests], text=prompts, return_tensors="pt", padding=True
             ).to(self.model.device)
             if "pixel_values" in enc:
                 enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
             seqs = self.model.generate(
-                **enc, max_new_tokens=max(requests[i].max_new_tokens for i in idx), do_sample=False
+                **enc, max_new_tokens=max(r.max_new_tokens for r in requests), do_sample=False
             )
         n_in = enc["input_ids"].shape[1]
         if seqs.shape[1] >= n_in and torch.equal(seqs[:, :n_in], enc["input_ids"]):
             seqs = seqs[:, n_in:]  # decoder-only LLMs return the prompt too
         tok = self.processor.tokenizer
-        for b, i in enumerate(idx):
-            ids = seqs[b].tolist()[: requests[i].max_new_tokens]
+        out = []
+        for b, r in enumerate(requests):
+            ids = seqs[b].tolist()[: r.max_new_tokens]
             text, _ = cut_at_stop(tok.decode(ids, skip_special_tokens=True), self.generation.stop)
-            out[i] = Answer(
+            out.append(Answer(
                 text=text.strip(),
-                latency_s=t.elapsed / len(idx),
+                latency_s=t.elapsed / len(requests),
                 llm_tokens_in=int(enc["attention_mask"][b].sum()),
                 llm_tokens_out=len(ids),
                 trainable_params=self.trainable_params,
-                trace={"prompt": prompts[b], "model": self.options.model, "shots_ignored": len(requests[i].shots)},
-            )
+                trace={"prompt": prompts[b], "model": self.options.model, "shots_ignored": len(r.shots)},
+            ))
+        return out

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal, Sequence
 import torch
 from pydantic import Field
 
+from harness.chunking import answer_in_chunks
 from harness.interface import Answer, Request, Timer
 from harness.models.llm import ModelUnavailable
 from harness.registry import register_paradigm
@@ -114,40 +115,35 @@ class FlamingoPretrained(VlmPretrained):
     def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
         self.prepare()
         out: list[Answer | None] = [None] * len(requests)
-        ok: list[int] = []
-        prompts: dict[int, tuple[list[Any], int]] = {}
+        ready: list[tuple[int, Request, tuple[list[Any], int]]] = []
         for i, r in enumerate(requests):
             try:
-                prompts[i] = interleaved_prompt(r, self.options.format)
-                ok.append(i)
-            except Exception as exc:  # one bad sample must not stop the batch
-                out[i] = Answer.failed(f"{type(exc).__name__}: {exc}")
-        bs = self.options.batch_size
-        for start in range(0, len(ok), bs):
-            idx = ok[start : start + bs]
-            try:
-                self._chunk_prompts(requests, idx, out, prompts)
-            except Exception as exc:
-                for i in idx:
-                    out[i] = Answer.failed(f"{type(exc).__name__}: {exc}")
-        return [a if a is not None else Answer.failed("not answered") for a in out]
+                ready.append((i, r, interleaved_prompt(r, self.options.format)))
+            except Exception as exc:  # noqa: BLE001 - this sample's own failure; its neighbours go on
+                out[i] = Answer.from_exception(exc)
+        for (i, _, _), a in zip(ready, answer_in_chunks(ready, self.options.batch_size, self._chunk_prompts)):
+            out[i] = a
+        return [a for a in out if a is not None]
 
     @torch.inference_mode()
-    def _chunk_prompts(self, requests: Sequence[Request], idx: list[int], out: list, rendered: dict) -> None:
-        prompts = [rendered[i][0] for i in idx]
+    def _chunk_prompts(self, ready: Sequence[tuple[int, Request, tuple[list[Any], int]]]) -> list[Answer]:
+        prompts = [p for _, _, (p, _) in ready]
+        requests = [r for _, r, _ in ready]
         with Timer() as t:
             enc = self.processor(text=prompts, return_tensors="pt", padding="longest", add_end_of_utterance_token=False)
-            enc, seqs = self._generate(enc, [requests[i] for i in idx], bad_words_ids=self._bad)
+            enc, seqs = self._generate(enc, requests, bad_words_ids=self._bad)
         tok = self.processor.tokenizer
         image_id = tok.convert_tokens_to_ids("<image>")
-        for b, i in enumerate(idx):
-            ids, text = self._decode(seqs[b], requests[i])
+        out = []
+        for b, (_, r, (_, n_images)) in enumerate(ready):
+            ids, text = self._decode(seqs[b], r)
             prompt_ids = enc["input_ids"][b][enc["attention_mask"][b].bool()]
-            out[i] = self._answer(enc, b, ids, text, t.elapsed / len(idx), {
+            out.append(self._answer(enc, b, ids, text, t.elapsed / len(ready), {
                 "model": self.options.model,
                 "format": self.options.format,
                 "prompt": tok.decode(prompt_ids),
-                "n_images": rendered[i][1],
-                "n_shots": len(requests[i].shots),
+                "n_images": n_images,
+                "n_shots": len(r.shots),
                 "image_tokens": int((prompt_ids == image_id).sum()),
-            })
+            }))
+        return out

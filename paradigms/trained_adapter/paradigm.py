@@ -22,6 +22,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from pydantic import Field, model_validator
 
+from harness.chunking import answer_in_chunks
 from harness.config import Strict, stable_hash
 from harness.interface import Answer, Paradigm, Request, Timer, TrainingRecord
 from harness.registry import register_paradigm
@@ -52,6 +53,9 @@ class AdapterOptions(Strict):
     pairs_per_sequence: int = Field(1, ge=1, le=8)
     decode_batch_size: int = Field(8, ge=1)
 
+
+#: A request ready to decode: (request, its sequence, its images' features, the sequence as text).
+_Ready = tuple[Request, list[Piece], torch.Tensor, str]
 
 #: Lays out one image–text example: (image index, prompt, answer or None for the query) -> pieces.
 Example = Callable[[int, str, "Piece | None"], list[Piece]]
@@ -99,6 +103,8 @@ class AdapterParadigm(Paradigm):
     family: ClassVar[str] = "trained_adapter"
     Options: ClassVar[type] = AdapterOptions
     has_training_step: ClassVar[bool] = True
+    # test: test_answers_are_batch_invariant_and_bad_samples_fail_alone (test_trained_adapter.py)
+    speed_only: ClassVar[frozenset[str]] = frozenset({"decode_batch_size"})
 
     def __init__(self, backbones: Any, options: Any, generation: Any) -> None:
         super().__init__(backbones, options, generation)
@@ -253,64 +259,67 @@ class AdapterParadigm(Paradigm):
         self.prepare()
         assert self.mm is not None
         out: list[Answer | None] = [None] * len(requests)
-        ready: list[tuple[int, list[Piece], torch.Tensor, str]] = []
+        ready: list[_Ready] = []
         for i, r in enumerate(requests):
             try:
                 row, feats, shown = self._row(r)
-            except Exception as exc:  # one bad sample must not stop the batch
-                out[i] = Answer.failed(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - this sample's own failure; its neighbours go on
+                out[i] = Answer.from_exception(exc)
                 continue
-            ready.append((i, row, feats, shown))
-        bs = self.options.decode_batch_size
-        for start in range(0, len(ready), bs):
-            chunk = ready[start : start + bs]
-            try:
-                self._answer_chunk(requests, chunk, out)
-            except Exception as exc:
-                for i, *_ in chunk:
-                    out[i] = Answer.failed(f"{type(exc).__name__}: {exc}")
-        return [a if a is not None else Answer.failed("not answered") for a in out]
+            ready.append((r, row, feats, shown))
+        got = iter(answer_in_chunks(ready, self.options.decode_batch_size, self._answer_chunk))
+        return [a if a is not None else next(got) for a in out]
 
-    def _answer_chunk(self, requests: Sequence[Request], chunk: list, out: list) -> None:
+    def _answer_chunk(self, chunk: Sequence[_Ready]) -> list[Answer]:
+        """One decode batch: generation rows together, multiple-choice rows one at a time.
+
+        A row too long for the LLM raises, failing the chunk; the chunker then answers each row alone.
+        """
         mm = self.mm
         assert mm is not None
-        gen_items = [c for c in chunk if requests[c[0]].kind != "multiple_choice"]
-        mc_items = [c for c in chunk if requests[c[0]].kind == "multiple_choice"]
-        if gen_items:
+        out: list[Answer | None] = [None] * len(chunk)
+        gen = [b for b, c in enumerate(chunk) if c[0].kind != "multiple_choice"]
+        if gen:
             with Timer() as t:
-                batch = mm.build([c[1] for c in gen_items], [c[2] for c in gen_items])
-                too_long = [b for b in range(len(gen_items)) if int(batch.mask[b].sum()) + requests[gen_items[b][0]].max_new_tokens > mm.max_positions()]
+                batch = mm.build([chunk[b][1] for b in gen], [chunk[b][2] for b in gen])
+                too_long = [j for j, b in enumerate(gen) if int(batch.mask[j].sum()) + chunk[b][0].max_new_tokens > mm.max_positions()]
                 if too_long:
                     raise ValueError(f"sequence longer than the LLM's {mm.max_positions()} positions")
-                res = mm.greedy(batch, [requests[c[0]].max_new_tokens for c in gen_items], self.generation.stop)
-            for b, ((i, _, _, shown), (text, n_out, finished)) in enumerate(zip(gen_items, res)):
-                out[i] = Answer(
+                res = mm.greedy(batch, [chunk[b][0].max_new_tokens for b in gen], self.generation.stop)
+            for j, (b, (text, n_out, finished)) in enumerate(zip(gen, res)):
+                out[b] = Answer(
                     text=text.strip(),
-                    latency_s=t.elapsed / len(gen_items),
-                    llm_tokens_in=batch.n_text[b] + batch.n_visual[b],
+                    latency_s=t.elapsed / len(gen),
+                    llm_tokens_in=batch.n_text[j] + batch.n_visual[j],
                     llm_tokens_out=n_out,
                     trainable_params=self.trainable_params,
-                    trace=self._trace(shown, batch.n_visual[b], finished=finished, raw=text),
+                    trace=self._trace(chunk[b][3], batch.n_visual[j], finished=finished, raw=text),
                 )
-        for i, row, feats, shown in mc_items:
-            r = requests[i]
-            with Timer() as t:
-                if not r.choices:
-                    out[i] = Answer.failed("multiple-choice sample without choices")
-                    continue
-                rows = [row + [Target(" " + c)] for c in r.choices]
-                batch = mm.build(rows, [feats] * len(rows))
-                with torch.inference_mode():
-                    lp, _ = mm.target_logprobs(batch)
-                best = int(lp.argmax())
-            out[i] = Answer(
-                text=r.choices[best],
-                latency_s=t.elapsed,
-                llm_tokens_in=int(batch.mask.sum()),
-                llm_tokens_out=0,
-                trainable_params=self.trainable_params,
-                trace=self._trace(shown, batch.n_visual[0], choice_logprobs=[float(x) for x in lp]),
-            )
+        for b, (r, row, feats, shown) in enumerate(chunk):
+            if r.kind == "multiple_choice":
+                out[b] = self._choose(r, row, feats, shown)
+        return [a for a in out if a is not None]
+
+    def _choose(self, r: Request, row: list[Piece], feats: torch.Tensor, shown: str) -> Answer:
+        """A multiple-choice answer: the choice with the highest log-probability after the row."""
+        mm = self.mm
+        assert mm is not None
+        if not r.choices:
+            return Answer.failed("multiple-choice sample without choices")
+        with Timer() as t:
+            rows = [row + [Target(" " + c)] for c in r.choices]
+            batch = mm.build(rows, [feats] * len(rows))
+            with torch.inference_mode():
+                lp, _ = mm.target_logprobs(batch)
+            best = int(lp.argmax())
+        return Answer(
+            text=r.choices[best],
+            latency_s=t.elapsed,
+            llm_tokens_in=int(batch.mask.sum()),
+            llm_tokens_out=0,
+            trainable_params=self.trainable_params,
+            trace=self._trace(shown, batch.n_visual[0], choice_logprobs=[float(x) for x in lp]),
+        )
 
     def _trace(self, shown: str, n_visual: int, **extra: Any) -> dict[str, Any]:
         return {

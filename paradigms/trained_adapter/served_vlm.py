@@ -73,6 +73,8 @@ class ServedVlm(Paradigm):
     )
     Options: ClassVar[type] = ServedVlmOptions
     uses: ClassVar[tuple[str, ...]] = ()
+    #: where and how fast the endpoint is reached (URL, key, concurrency, timeouts, price) never changes an answer
+    speed_only: ClassVar[frozenset[str]] = frozenset(ServedLLMSource.NOT_IDENTITY)
 
     def __init__(self, backbones: Any, options: Any, generation: Any) -> None:
         super().__init__(backbones, options, generation)
@@ -82,11 +84,8 @@ class ServedVlm(Paradigm):
         """The endpoint's model id and what shapes the request; never the URL, key or speed settings."""
         from harness.models.served_llm import served_fingerprint
 
-        opts = self.options.model_dump(mode="json")
-        for k in ServedLLMSource.NOT_IDENTITY:
-            opts.pop(k, None)
         seed = getattr(self.backbones, "seed", 0)
-        return {"paradigm": self.name, "options": opts, "endpoint": served_fingerprint(self.options.endpoint(), seed)}
+        return {"paradigm": self.name, "options": self.keyed_options(), "endpoint": served_fingerprint(self.options.endpoint(), seed)}
 
     @property
     def client(self) -> Any:

@@ -18,11 +18,12 @@ from typing import Any, ClassVar, Literal, Sequence
 import torch
 from pydantic import Field
 
+from harness.chunking import answer_in_chunks
 from harness.config import Strict
 from harness.interface import Answer, Paradigm, Request, Timer
 from harness.models.llm import ModelUnavailable, _resolve_dtype, cut_at_stop, llm_fingerprint, resolve_device
 from harness.registry import register_paradigm
-from paradigms.trained_adapter.blip2_pretrained import answer_in_chunks
+from paradigms.trained_adapter.blip2_pretrained import no_image
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class VlmPretrained(Paradigm):
     )
     Options: ClassVar[type] = VlmPretrainedOptions
     uses: ClassVar[tuple[str, ...]] = ()
+    # tests: test_vlm_pretrained.py and test_flamingo_pretrained.py compare batched with one-by-one answers
+    speed_only: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
     def __init__(self, backbones: Any, options: Any, generation: Any) -> None:
         super().__init__(backbones, options, generation)
@@ -154,7 +157,7 @@ class VlmPretrained(Paradigm):
 
     def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
         self.prepare()
-        return answer_in_chunks(requests, self.options.batch_size, self._chunk)
+        return answer_in_chunks(requests, self.options.batch_size, self._chunk, refuse=no_image)
 
     def _max_new(self, r: Request) -> int:
         return self.options.max_new_tokens or r.max_new_tokens
@@ -191,22 +194,24 @@ class VlmPretrained(Paradigm):
         return ids, text.strip()
 
     @torch.inference_mode()
-    def _chunk(self, requests: Sequence[Request], idx: list[int], out: list) -> None:
-        rows = [self._messages(requests[i]) for i in idx]
+    def _chunk(self, requests: Sequence[Request]) -> list[Answer]:
+        rows = [self._messages(r) for r in requests]
         texts = [self.processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m, _, _ in rows]
         with Timer() as t:
             enc = self.processor(text=texts, images=[imgs for _, imgs, _ in rows], return_tensors="pt", padding=True)
-            enc, seqs = self._generate(enc, [requests[i] for i in idx])
+            enc, seqs = self._generate(enc, requests)
         image_token_id = getattr(self.processor, "image_token_id", None)
-        for b, i in enumerate(idx):
-            ids, text = self._decode(seqs[b], requests[i])
+        out = []
+        for b, r in enumerate(requests):
+            ids, text = self._decode(seqs[b], r)
             trace: dict[str, Any] = {
                 "model": self.options.model,
                 "prompt": texts[b],
                 "n_images": len(rows[b][1]),
-                "n_shots": len(requests[i].shots),
+                "n_shots": len(r.shots),
                 "text_only_shots": rows[b][2],
             }
             if image_token_id is not None:
                 trace["image_tokens"] = int((enc["input_ids"][b] == image_token_id).sum())
-            out[i] = self._answer(enc, b, ids, text, t.elapsed / len(idx), trace)
+            out.append(self._answer(enc, b, ids, text, t.elapsed / len(requests), trace))
+        return out
