@@ -22,8 +22,8 @@ from typing import Any, Callable
 from harness.backbones import Backbones
 from harness.cache import ResultCache
 from harness.interface import Answer, Paradigm, Request
-from harness.keys import KeyedSample, keyed_sample, paradigm_fingerprint
 from harness.chunking import answer_in_chunks
+from harness.keys import KeyedSample, keyed_sample, paradigm_fingerprint
 from harness.models.llm import GenerationSettings
 from harness.plan import Plan, PlannedParadigm, Unit
 from harness.progress import Stopwatch, progress_bar
