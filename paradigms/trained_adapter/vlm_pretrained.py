@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.interface import Answer, Paradigm, Request, Timer
-from harness.models.llm import ModelUnavailable, _resolve_dtype, cut_at_stop, llm_fingerprint, resolve_device
+from harness.models.llm import ModelUnavailable, resolve_dtype, cut_at_stop, llm_fingerprint, resolve_device
 from harness.registry import register_paradigm
 from paradigms.trained_adapter.blip2_pretrained import answer_in_chunks
 
@@ -106,7 +106,7 @@ class VlmPretrained(Paradigm):
             kwargs["revision"] = rev
         try:
             processor = AutoProcessor.from_pretrained(name, **kwargs)
-            model = model_cls.from_pretrained(name, dtype=_resolve_dtype(o.dtype, device), **kwargs)
+            model = model_cls.from_pretrained(name, dtype=resolve_dtype(o.dtype, device), **kwargs)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelUnavailable(
                 f"option 'model': cannot load the {what} {o.model!r}: {exc}. Give a local folder "
