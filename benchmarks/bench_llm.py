@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from harness.models.llm import GenerationSettings, LanguageModel, _convert_packaged, default_cache_dir, save_tiny_llm
+from harness.models.llm import GenerationSettings, LanguageModel, _convert_packaged, default_cache_dir
 from harness.tracking import hardware
 
 QUESTIONS = [
@@ -41,6 +42,9 @@ def main() -> None:
 
     smol = _convert_packaged("smollm2-135m-instruct", default_cache_dir())
     if args.dry_run:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tiny random model is the tests' own
+        from tests.support import save_tiny_llm
+
         folder = save_tiny_llm(Path(tempfile.mkdtemp()) / "tiny", vocab_from=smol)
         n = 4
     else:

@@ -32,7 +32,7 @@ import torch
 from harness.backbones import Backbones
 from harness.config import ModelsConfig
 from harness.interface import Request
-from harness.models.llm import GenerationSettings, LanguageModel, save_tiny_llm
+from harness.models.llm import GenerationSettings, LanguageModel
 from paradigms.guided_decoding.magic import Magic, MagicOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def build_base_gpt2(folder: Path, seed: int = 0) -> Path:
     tokenizer with SimCTG's start/pad tokens), random weights: realistic compute, meaningless text."""
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
-    from tests.test_magic_reference import EOS, PAD, SOS
+    from tests.guided_reference import EOS, PAD, SOS
 
     src = LanguageModel.load("packaged", "smollm2-135m-instruct").tokenizer
     bpe = json.loads(src.backend_tokenizer.to_str())["model"]
@@ -102,7 +102,7 @@ def build_base_clip(folder: Path, seed: int = 0) -> Path:
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from tests.test_magic_reference import build_clip_tokenizer
+    from tests.guided_reference import build_clip_tokenizer
 
     tok = build_clip_tokenizer()
     text = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
@@ -134,7 +134,7 @@ def versus_reference(a: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(REPO))  # the tiny models and the authors' settings live with the faithfulness test
     from harness.models.hf_clip import HFClipScorer
-    from tests.test_magic_reference import _Backbones, build_clip, build_gpt2, run_mmbench, skimage_images
+    from tests.guided_reference import ReferenceBackbones, build_clip, build_gpt2, run_mmbench, skimage_images
     tmp = Path(tempfile.mkdtemp())
     if a.size == "tiny":
         g, c = build_gpt2(tmp / "gpt2"), build_clip(tmp / "clip")
@@ -158,7 +158,7 @@ def versus_reference(a: argparse.Namespace) -> None:
     if a.device != "cpu" and not ref_kw:
         raise SystemExit("the reference adapter's make_reference() takes no 'device': both sides must share the device")
     ref = mod.make_reference(g, c, **ref_kw)
-    bb = _Backbones(LanguageModel.load("local", str(g), dtype="float32", device=a.device),
+    bb = ReferenceBackbones(LanguageModel.load("local", str(g), dtype="float32", device=a.device),
                     HFClipScorer(str(c), device=a.device))
     kw = dict(k=setting["k"], alpha=0.1, beta=2.0, decoding_len=a.tokens, window=60)
     ref(imgs[names[0]], **kw)  # warm-up both
@@ -224,6 +224,11 @@ def main() -> None:
     bb = Backbones(ModelsConfig())
     if a.dry_run:
         a.images, a.batch, a.k, a.tokens, a.naive_images = 2, 2, 8, 4, 1
+        import sys
+
+        sys.path.insert(0, str(REPO))  # the tiny random model is the tests' own
+        from tests.support import save_tiny_llm
+
         tmp = Path(tempfile.mkdtemp())
         vocab = LanguageModel.load("packaged", "smollm2-135m-instruct").tokenizer
         vocab.save_pretrained(tmp / "tok")

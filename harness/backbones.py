@@ -102,10 +102,10 @@ class Backbones:
             from harness.models.served_llm import served_fingerprint
 
             return served_fingerprint(c, self.seed)
-        from harness.models.llm import _resolve_dtype, resolve_device
+        from harness.models.llm import resolve_dtype, resolve_device
 
         device = resolve_device(c.device)
-        dtype = str(_resolve_dtype(c.dtype, device)).replace("torch.", "")
+        dtype = str(resolve_dtype(c.dtype, device)).replace("torch.", "")
         # The resolved dtype and device type change numerics; the number of devices does not.
         fp = llm_fingerprint(c.source, c.name, c.revision) + f":{dtype}:{device.split(':')[0]}"
         hint = model_type_hint(c.source, c.name, c.revision) if device.startswith("cuda") else None

@@ -273,7 +273,7 @@ def score_vqa_cmd(questions, annotations, predictions, mode, as_json, bootstrap,
 
 
 def _log_external(kind: str, predictions: str, report, tracking_uri: str | None) -> None:
-    from harness.tracking import Tracker, TrackingError, default_tracking_uri, redact_uri
+    from harness.tracking import Tracker, TrackingError, default_tracking_uri
 
     results_dir = Path("results")
     try:

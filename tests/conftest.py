@@ -1,26 +1,17 @@
-"""Shared fixtures: tiny random models built from configs, and the packaged real LLM."""
+"""Shared fixtures: tiny random models built from configs, the packaged real LLM, and a real report store."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from tests.support import SKIMAGE_CAPTIONS, MemoEncoder, save_tiny_llm, skimage_image
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-
-def shared_data(name: str) -> Path:
-    """Path to a dev/CI data set in ../shared/data, or skip the test with the reason."""
-    p = SHARED_DATA / name
-    if not p.exists():
-        pytest.skip(f"{p} is absent (development/CI data; see ../shared/data/README.md)")
-    return p
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +32,6 @@ def smollm2(smollm2_dir):
 @pytest.fixture(scope="session")
 def tiny_llm_dir(tmp_path_factory, smollm2_dir) -> Path:
     """A 2-layer random Llama with SmolLM2's tokenizer, saved like a user's local model folder."""
-    from harness.models.llm import save_tiny_llm
-
     return save_tiny_llm(tmp_path_factory.mktemp("tiny_llm"), vocab_from=smollm2_dir, seed=0)
 
 
@@ -53,42 +42,40 @@ def tiny_llm(tiny_llm_dir):
     return LanguageModel.load("local", str(tiny_llm_dir), dtype="float32", device="cpu")
 
 
-def tiny_llama_text_config(tok) -> dict:  # noqa: ANN001
-    """The 1-layer random Llama inside every tiny VLM the tests build (BLIP-2, Idefics3, LLaVA)."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
-    ).to_dict()
-
-
-class MemoEncoder:
-    """The real packaged encoder, with its (deterministic, frozen) features memoised per image
-    content across a module's tests — encoding is the slowest part of the adapter tests on a shared CPU."""
-
-    def __init__(self, encoder) -> None:
-        self.encoder, self.model, self.feature_dim = encoder, encoder.model, encoder.feature_dim
-        self.memo: dict[str, torch.Tensor] = {}
-
-    def fingerprint(self) -> str:
-        return self.encoder.fingerprint()
-
-    def __getattr__(self, name: str):  # preprocess, device, ...: the real encoder's
-        return getattr(self.encoder, name)
-
-    def features(self, images):
-        keys = [hashlib.sha256(im.tobytes()).hexdigest() + str(im.size) for im in images]
-        todo = {k: im for k, im in zip(keys, images) if k not in self.memo}
-        if todo:
-            for k, f in zip(todo, self.encoder.features(list(todo.values()))):
-                self.memo[k] = f
-        return torch.stack([self.memo[k] for k in keys])
-
-
 @pytest.fixture(scope="module")
 def encoder() -> MemoEncoder:
     """EfficientNet-Lite0 from the packaged weights, memoised (one instance per test module)."""
     from harness.models.vision_encoder import load_efficientnet_lite0
 
     return MemoEncoder(load_efficientnet_lite0())
+
+
+@pytest.fixture(scope="module")
+def skimage_pairs() -> list:
+    """(id, image loader, caption) training pairs on six real skimage photographs."""
+    from paradigms.trained_adapter.data import CaptionPair
+
+    return [CaptionPair(k, (lambda k=k: skimage_image(k)), c) for k, c in SKIMAGE_CAPTIONS.items()]
+
+
+@pytest.fixture(scope="session")
+def report_store(tmp_path_factory, tiny_llm_dir, smollm2_dir) -> dict[str, Any]:
+    """Real tiny evaluations in one store: LLM A twice (the second from cache, superseding the first)
+    and LLM B once, then `mmbench report` over all of it (the report, UI and browser tests read it)."""
+    from click.testing import CliRunner
+
+    from harness.leaderboard.cli import report_cmd
+    from harness.tracking import default_tracking_uri
+    from tests.report_fixtures import real_config, run_real
+
+    root = tmp_path_factory.mktemp("report_store")
+    results = root / "results"
+    llm_b = save_tiny_llm(tmp_path_factory.mktemp("tiny_llm_b"), vocab_from=smollm2_dir, seed=1)
+    first, second, other = run_real([real_config(tiny_llm_dir, results), real_config(tiny_llm_dir, results),
+                                     real_config(llm_b, results)], root / "cache")
+    out = root / "report"
+    res = CliRunner().invoke(report_cmd, ["--results-dir", str(results), "--out", str(out), "--bootstrap", "200"])
+    assert res.exit_code == 0, res.output
+    return dict(results=results, uri=default_tracking_uri(results), out=out, first=first.parent_run_id,
+                second=second.parent_run_id, other=other.parent_run_id, llm_a=tiny_llm_dir.name,
+                llm_b=llm_b.name, cli_output=res.output)

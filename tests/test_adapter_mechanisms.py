@@ -28,16 +28,19 @@ from paradigms.trained_adapter.paradigm import (
     PalmeAdapter,
     caption_rows,
 )
-from tests.test_trained_adapter import GEN, _backbones, _fast, _skimage, skimage_pairs  # noqa: F401
+from harness.models.llm import GenerationSettings
+from tests.support import adapter_backbones, fast_adapter_options, skimage_image
+
+GEN = GenerationSettings(max_new_tokens=8, stop=("\n",))
 
 
 # ----------------------------------------------------------------------------- Frozen
 
 
-def test_frozen_trains_the_encoder_and_not_the_llm(encoder, tiny_llm, tmp_path, skimage_pairs):  # noqa: F811
+def test_frozen_trains_the_encoder_and_not_the_llm(encoder, tiny_llm, tmp_path, skimage_pairs):
     llm_before = {k: v.clone() for k, v in tiny_llm.model.state_dict().items()}
     shared_before = {k: v.clone() for k, v in encoder.model.state_dict().items()}
-    p = FrozenAdapter(_backbones(tiny_llm, tmp_path, encoder), _fast(FrozenAdapter, lr=1e-2), GEN)
+    p = FrozenAdapter(adapter_backbones(tiny_llm, tmp_path, encoder), fast_adapter_options(FrozenAdapter, lr=1e-2), GEN)
     assert p.options.connector.encoder == "last"  # the default: Frozen's trained encoder
     init_tail = {k: v.clone() for k, v in p.new_connector().encoder_tail.state_dict().items()}
     p.prepare_with(skimage_pairs, progress=False)
@@ -61,10 +64,10 @@ def test_frozen_trains_the_encoder_and_not_the_llm(encoder, tiny_llm, tmp_path, 
 @pytest.mark.parametrize("mode,blocks", [("last", 2), ("all", 1)])
 def test_frozen_front_plus_untrained_tail_is_the_encoder(encoder, tiny_llm, tmp_path, mode, blocks):
     opts = FrozenAdapter.Options(connector=FrozenOptions(encoder=mode, encoder_blocks=blocks))
-    p = FrozenAdapter(_backbones(tiny_llm, tmp_path, encoder), opts, GEN)
+    p = FrozenAdapter(adapter_backbones(tiny_llm, tmp_path, encoder), opts, GEN)
     front = p.feature_encoder()
     assert isinstance(front, FrontEncoder)
-    img = [_skimage("coffee")]
+    img = [skimage_image("coffee")]
     with torch.no_grad():
         got = p.new_connector().eval().encoder_tail(front.features(img))
     torch.testing.assert_close(got, encoder.encoder.features(img), atol=1e-4, rtol=1e-4)
@@ -75,7 +78,7 @@ def test_frozen_fixed_encoder_ablation_keeps_the_old_keys(encoder, tiny_llm, tmp
     assert fixed.model_dump(mode="json") == {"kind": "frozen", "n_prefix": 2}  # the dump before the option
     assert FrozenOptions().model_dump(mode="json") == {"kind": "frozen", "n_prefix": 2, "encoder": "last",
                                                        "encoder_blocks": 4}
-    p = FrozenFixedEncoderAdapter(_backbones(tiny_llm, tmp_path, encoder), FrozenFixedEncoderAdapter.Options(), GEN)
+    p = FrozenFixedEncoderAdapter(adapter_backbones(tiny_llm, tmp_path, encoder), FrozenFixedEncoderAdapter.Options(), GEN)
     assert p.name == "trained_adapter/frozen_fixed_encoder"
     assert p.new_connector().encoder_tail is None and p.feature_encoder() is encoder
 
@@ -84,11 +87,11 @@ def test_frozen_fixed_encoder_ablation_keeps_the_old_keys(encoder, tiny_llm, tmp
 
 
 def test_palme_image_tokens_sit_at_the_placeholders(encoder, tiny_llm, tmp_path):
-    p = PalmeAdapter(_backbones(tiny_llm, tmp_path, encoder), _fast(PalmeAdapter, steps=0), GEN)
+    p = PalmeAdapter(adapter_backbones(tiny_llm, tmp_path, encoder), fast_adapter_options(PalmeAdapter, steps=0), GEN)
     p.prepare()
-    shots = tuple(Shot(f"d{k}", k, _skimage(k), f"Question: what is it? Short answer:", ans, question="what is it?")
+    shots = tuple(Shot(f"d{k}", k, skimage_image(k), "Question: what is it? Short answer:", ans, question="what is it?")
                   for k, ans in (("coffee", "coffee"), ("rocket", "a rocket")))
-    req = Request("q", "chelsea", _skimage("chelsea"), "Question: what animal? Short answer:", shots=shots,
+    req = Request("q", "chelsea", skimage_image("chelsea"), "Question: what animal? Short answer:", shots=shots,
                   kind="vqa", question="what animal?")
     row, feats, shown = p._row(req)
     assert shown == ("Q:<image> what is it? A: coffee\nQ:<image> what is it? A: a rocket\nQ:<image> what animal? A:")
@@ -115,19 +118,19 @@ def test_palme_image_tokens_sit_at_the_placeholders(encoder, tiny_llm, tmp_path)
 
 
 def test_palme_placeholder_in_a_task_prompt_and_errors(encoder, tiny_llm, tmp_path):
-    p = PalmeAdapter(_backbones(tiny_llm, tmp_path, encoder), _fast(PalmeAdapter, steps=0), GEN)
-    req = Request("q", "coffee", _skimage("coffee"), "Look at <img> and answer: what is it?", kind="multiple_choice",
+    p = PalmeAdapter(adapter_backbones(tiny_llm, tmp_path, encoder), fast_adapter_options(PalmeAdapter, steps=0), GEN)
+    req = Request("q", "coffee", skimage_image("coffee"), "Look at <img> and answer: what is it?", kind="multiple_choice",
                   choices=("a cup", "a cat"))
     row, _, shown = p._row(req)
     assert row[0] == "Look at" and isinstance(row[1], Img) and shown.startswith("Look at<image> and answer")
-    bad = Request("q", "coffee", _skimage("coffee"), "<img> then <img>?", kind="multiple_choice", choices=("a", "b"))
+    bad = Request("q", "coffee", skimage_image("coffee"), "<img> then <img>?", kind="multiple_choice", choices=("a", "b"))
     out = p.answer_batch([bad, req])
     assert out[0].error and "placeholders" in out[0].error and out[1].error is None
     with pytest.raises(ValueError, match="one <img>"):
         PalmeAdapter.Options(vqa_prompt="Q: <img> <img> {question} A:")
     # training rows use the same layout: the caption prompt without <img> keeps the image first
     opts = PalmeAdapter.Options(caption_prompt="Photo <img> caption:")
-    q = PalmeAdapter(_backbones(tiny_llm, tmp_path, encoder), opts, GEN)
+    q = PalmeAdapter(adapter_backbones(tiny_llm, tmp_path, encoder), opts, GEN)
     row, _ = caption_rows([type("P", (), {"caption": "a cup", "image_id": "x"})()], 0, 1, opts.caption_prompt,
                           q._example)
     assert row[0] == "Photo" and isinstance(row[1], Img) and row[2] == " caption:" and isinstance(row[3], Target)
@@ -182,10 +185,10 @@ def test_flamingo_new_options_keep_old_keys_and_ff_scope_is_openflamingos():
 
 def test_flamingo_end_of_chunk_closes_each_example_in_order(encoder, tiny_llm, tmp_path):
     opts = FlamingoAdapter.Options(connector=FlamingoOptions(end_of_chunk=True), train={"steps": 0})
-    p = FlamingoAdapter(_backbones(tiny_llm, tmp_path, encoder), opts, GEN)
+    p = FlamingoAdapter(adapter_backbones(tiny_llm, tmp_path, encoder), opts, GEN)
     p.prepare()
-    shots = tuple(Shot(k, k, _skimage(k), "Caption:", f"photo {k}") for k in ("rocket", "coffee"))
-    req = Request("q", "chelsea", _skimage("chelsea"), "Write a caption.", shots=shots, kind="caption")
+    shots = tuple(Shot(k, k, skimage_image(k), "Caption:", f"photo {k}") for k in ("rocket", "coffee"))
+    req = Request("q", "chelsea", skimage_image("chelsea"), "Write a caption.", shots=shots, kind="caption")
     row, feats, shown = p._row(req)
     assert shown == "<image>Caption: photo rocket\n<EOC><image>Caption: photo coffee\n<EOC><image>Caption:"
     assert [type(x).__name__ for x in row].count("EndOfChunk") == 2

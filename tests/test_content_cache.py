@@ -8,66 +8,17 @@ from __future__ import annotations
 import errno
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
-from pydantic import BaseModel, ConfigDict
 
 from harness.cache import ResultCache
 from harness.config import ParadigmSpec, parse_config
 from harness.failures import TransientError, is_transient
-from harness.interface import Answer, Paradigm, Request
 from harness.plan import Plan, PlannedParadigm, plan_run
 from harness.runner import Runner
-
-
-class _Opts(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Recorder(Paradigm):
-    """Answers the image's mean brightness; records which samples it was asked; can raise on demand."""
-
-    family = "text_conversion"
-    variant = "recorder"
-    uses: ClassVar[tuple[str, ...]] = ()
-    asked: ClassVar[list[str]] = []
-    raise_for: ClassVar[dict[str, BaseException]] = {}
-
-    catch: ClassVar[bool] = False  # like most paradigms: turn a sample's exception into Answer.failed
-
-    def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
-        out = []
-        for r in requests:
-            if r.sample_id in self.raise_for:
-                if not self.catch:
-                    raise self.raise_for[r.sample_id]
-                try:
-                    raise self.raise_for[r.sample_id]
-                except Exception as exc:  # noqa: BLE001
-                    out.append(Answer.failed(f"{type(exc).__name__}: {exc}"))
-                    continue
-            out.append(None)
-        if self.catch and any(a is not None for a in out):
-            Recorder.asked.extend(r.sample_id for r, a in zip(requests, out) if a is None)
-            return [a or Answer(text=str(int(np.asarray(r.image).mean()))) for r, a in zip(requests, out)]
-        Recorder.asked.extend(r.sample_id for r in requests)
-        return [Answer(text=str(int(np.asarray(r.image).mean()))) for r in requests]
-
-
-def _image(root: Path, image_id: int, shade: int) -> None:
-    Image.new("RGB", (8, 8), (shade, shade, shade)).save(root / "images" / f"COCO_val2014_{image_id:012d}.jpg")
-
-
-def _vqa(root: Path, n: int = 4, answers: dict[int, str] | None = None) -> None:
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    qs = [{"image_id": i, "question": f"What is {i}?", "question_id": i} for i in range(1, n + 1)]
-    anns = [{"question_id": i, "image_id": i, "answers": [{"answer": (answers or {}).get(i, "grey")}] * 10}
-            for i in range(1, n + 1)]
-    (root / "questions.json").write_text(json.dumps({"questions": qs, "data_subtype": "val2014"}))
-    (root / "annotations.json").write_text(json.dumps({"annotations": anns}))
+from tests.fakes import Recorder, RecorderOptions
+from tests.support import write_vqa_folder, write_vqa_image
 
 
 def _run(root: Path, results: Path, *, retry_failed: bool = False) -> tuple[list[str], dict[str, Any], Any]:
@@ -78,7 +29,7 @@ def _run(root: Path, results: Path, *, retry_failed: bool = False) -> tuple[list
             "root": str(root), "questions": "questions.json", "annotations": "annotations.json", "images_dir": "images"}}],
     })
     base = plan_run(cfg)
-    plan = Plan(cfg, [PlannedParadigm(ParadigmSpec(name="text_conversion/recorder"), Recorder, _Opts())], base.tasks)
+    plan = Plan(cfg, [PlannedParadigm(ParadigmSpec(name="text_conversion/recorder"), Recorder, RecorderOptions())], base.tasks)
     Recorder.asked = []
     with ResultCache(results / "cache.sqlite") as cache:
         (result,) = Runner(plan, cache=cache, progress=False, retry_failed=retry_failed).run()
@@ -89,31 +40,31 @@ def _run(root: Path, results: Path, *, retry_failed: bool = False) -> tuple[list
 
 def test_replaced_and_fixed_images_and_annotations_recompute_exactly_their_sample(tmp_path):
     root, results = tmp_path / "vqa", tmp_path / "r"
-    _vqa(root)
+    write_vqa_folder(root)
     for i in (1, 2, 3):
-        _image(root, i, 40 * i)  # image 4 is missing
+        write_vqa_image(root, i, 40 * i)  # image 4 is missing
     asked, rows, _ = _run(root, results)
     assert asked == ["vqav2/1", "vqav2/2", "vqav2/3"] and "not found" in rows["vqav2/4"]["error"]
     assert _run(root, results)[0] == []  # nothing changed: all from the cache
 
-    _image(root, 2, 200)  # replace one image's bytes, same file name
+    write_vqa_image(root, 2, 200)  # replace one image's bytes, same file name
     asked, rows, _ = _run(root, results)
     assert asked == ["vqav2/2"] and rows["vqav2/2"]["prediction"] == "200"
 
-    _image(root, 4, 10)  # fix the missing image
+    write_vqa_image(root, 4, 10)  # fix the missing image
     asked, rows, _ = _run(root, results)
     assert asked == ["vqav2/4"] and rows["vqav2/4"]["error"] is None and rows["vqav2/4"]["prediction"] == "10"
 
-    _vqa(root, answers={3: "white"})  # fix one sample's annotation: its answer and the metric change
+    write_vqa_folder(root, answers={3: "white"})  # fix one sample's annotation: its answer and the metric change
     asked, rows, _ = _run(root, results)
     assert asked == ["vqav2/3"] and rows["vqav2/3"]["answers"][0] == "white"
 
 
 def test_transient_failures_are_not_cached_and_retry_failed_recomputes_cached_failures(tmp_path):
     root, results = tmp_path / "vqa", tmp_path / "r"
-    _vqa(root)
+    write_vqa_folder(root)
     for i in (1, 2, 3, 4):
-        _image(root, i, 30 * i)
+        write_vqa_image(root, i, 30 * i)
     import torch
 
     Recorder.raise_for = {
@@ -143,9 +94,9 @@ def test_a_paradigm_that_catches_an_oom_itself_does_not_cache_it(tmp_path):
     import torch
 
     root, results = tmp_path / "vqa", tmp_path / "r"
-    _vqa(root)
+    write_vqa_folder(root)
     for i in (1, 2, 3, 4):
-        _image(root, i, 30 * i)
+        write_vqa_image(root, i, 30 * i)
     Recorder.catch = True
     Recorder.raise_for = {"vqav2/1": torch.cuda.OutOfMemoryError("CUDA out of memory"),
                           "vqav2/2": ValueError("prompt longer than the model's context")}

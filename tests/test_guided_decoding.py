@@ -8,7 +8,6 @@ preference is known in advance. Real-image tests use the project's offline score
 from __future__ import annotations
 
 import errno
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 from PIL import Image
 
 from harness.interface import Request, Shot
-from harness.models.llm import GenerationSettings
+from harness.models.llm import GenerationSettings, cut_at_stop
 from paradigms.guided_decoding.common import encode_left_padded, eos_ids
 from paradigms.guided_decoding.magic import Magic, MagicOptions
 from paradigms.guided_decoding.magic_search import magic_rank, magic_search
@@ -25,34 +24,9 @@ from paradigms.guided_decoding.zerocap import ZeroCap, ZeroCapOptions
 from paradigms.guided_decoding.zerocap_search import ZeroCapSettings, shift_context, _cache_from
 from paradigms.guided_decoding.lm_step import head_logits, trunk_forward
 from paradigms.guided_decoding.common import positions_from_mask
+from tests.fakes import TrigramScorer
 
 GEN = GenerationSettings(max_new_tokens=16, stop=("\n",))
-
-
-class TrigramScorer:
-    """Character-trigram bag vectors; image ``i`` is represented by the text ``targets[i]``."""
-
-    name = "trigram-test"
-    logit_scale = 100.0
-
-    def __init__(self, targets: dict[str, str]) -> None:
-        self.targets = targets
-        self.images_embedded: list[str] = []
-
-    @staticmethod
-    def vec(text: str) -> torch.Tensor:
-        v = torch.zeros(512)
-        t = f"  {text.lower()} "
-        for i in range(len(t) - 2):
-            v[int(hashlib.md5(t[i : i + 3].encode()).hexdigest(), 16) % 512] += 1.0
-        return v / (v.norm() + 1e-9)
-
-    def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        return torch.stack([self.vec(t) for t in texts])
-
-    def embed_images(self, images: list[Any], image_ids: list[str]) -> torch.Tensor:
-        self.images_embedded += list(image_ids)
-        return torch.stack([self.vec(self.targets[i]) for i in image_ids])
 
 
 @dataclass
@@ -76,6 +50,14 @@ def _requests() -> list[Request]:
 
 
 # ----------------------------------------------------------------------------- MAGIC
+def test_cut_at_stop_is_the_earliest_stop_whatever_the_order() -> None:
+    """The one cutting rule of every decoder (local and served LLM, MAGIC, ZeroCap, adapters)."""
+    assert cut_at_stop("a dog.\nQuestion: b", ("Question:", "\n")) == ("a dog.", True)
+    assert cut_at_stop("a dog.\nQuestion: b", ("\n", "Question:")) == ("a dog.", True)
+    assert cut_at_stop("a dog\n", ("", ".")) == ("a dog\n", False)  # an empty stop string matches nothing
+    assert cut_at_stop("Q: a\nb", ("Q:",)) == ("", True)  # a stop at position 0 still cuts
+
+
 def test_magic_rank_hand_checked() -> None:
     """Three candidates; each term decides in turn, with numbers one can check by hand."""
     probs = torch.tensor([[0.5, 0.3, 0.2]])
@@ -210,7 +192,7 @@ def test_zerocap_defaults_are_published() -> None:
 
 # ----------------------------------------------------------------------------- real models
 def test_magic_real_smollm2_offline_scorer_caption(smollm2) -> None:
-    from tests.conftest import shared_data
+    from tests.support import shared_data
 
     root = shared_data("flickr8k-subset")
     import harness.models.scorer as scorer_mod  # a broken import must fail this test, not skip it

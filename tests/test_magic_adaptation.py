@@ -34,8 +34,8 @@ from paradigms.guided_decoding.lm_adaptation import (
     simctg_loss,
 )
 from paradigms.guided_decoding.magic import Magic, MagicOptions
-from tests.conftest import shared_data
-from tests.test_guided_decoding import TrigramScorer
+from tests.support import shared_data
+from tests.fakes import TrigramScorer
 
 GEN = GenerationSettings(max_new_tokens=8, stop=("\n",))
 IMG = Image.new("RGB", (16, 16), (120, 80, 40))

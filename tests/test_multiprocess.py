@@ -3,7 +3,6 @@ run's cache is reused by a 1-process run without recomputation (keys are rank-in
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -12,22 +11,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_resume import METRIC_COLS, _config, _env
+from tests.cli_runs import cli_env, metrics_table, pica_world_config
 
 pytestmark = pytest.mark.slow
-
-
-def _metrics(results: Path) -> pd.DataFrame:
-    csv = results / "runs" / "latest" / "results.csv"  # the last run's own folder
-    return pd.read_csv(csv)[METRIC_COLS].sort_values(METRIC_COLS[:5]).reset_index(drop=True)
 
 
 def test_torchrun_two_processes_equals_single_process_and_resumes_with_one(tmp_path, tiny_llm_dir):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun not installed")
-    cfg = _config(tmp_path, tiny_llm_dir)
-    env = _env(tmp_path)
+    cfg = pica_world_config(tmp_path, tiny_llm_dir)
+    env = cli_env(tmp_path)
     env["OMP_NUM_THREADS"] = "1"
     args = ["run", "--config", str(cfg), "--no-progress"]
 
@@ -42,7 +36,7 @@ def test_torchrun_two_processes_equals_single_process_and_resumes_with_one(tmp_p
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert r2.returncode == 0, r2.stderr[-3000:]
-    pd.testing.assert_frame_equal(_metrics(single), _metrics(multi))
+    pd.testing.assert_frame_equal(metrics_table(single), metrics_table(multi))
     assert "samples computed: 12, read from cache: 0" in r2.stderr
 
     r3 = subprocess.run([sys.executable, "-m", "harness.cli", *args, "--results-dir", str(multi)],
@@ -71,7 +65,7 @@ def test_torchrun_trains_an_adapter_once_and_matches_the_single_process_metrics(
     args = ["-v", "run", "--config", str(path), "--no-progress"]
 
     def env(name: str) -> dict[str, str]:
-        e = _env(tmp_path / name)  # a model/adapter cache of its own: each run must train once
+        e = cli_env(tmp_path / name)  # a model/adapter cache of its own: each run must train once
         e["OMP_NUM_THREADS"] = "1"
         return e
 
@@ -86,4 +80,4 @@ def test_torchrun_trains_an_adapter_once_and_matches_the_single_process_metrics(
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert r2.stderr.count("training connector") == 1, r2.stderr[-3000:]
     assert r2.stderr.count("loading trained connector") == 1
-    pd.testing.assert_frame_equal(_metrics(tmp_path / "single"), _metrics(tmp_path / "multi"))
+    pd.testing.assert_frame_equal(metrics_table(tmp_path / "single"), metrics_table(tmp_path / "multi"))

@@ -8,12 +8,10 @@ second kills tool_agent and trained_adapter, four times inside the connector's t
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from tests.test_resume import METRIC_COLS
+from tests.cli_runs import cached_answers, cli_cmd, cli_env, metrics_table
 
 pytestmark = pytest.mark.slow
 
@@ -54,36 +52,10 @@ def _config(tmp: Path, llm_dir: Path) -> Path:
     return p
 
 
-def _cmd(cfg: Path, results: Path) -> list[str]:
-    return [sys.executable, "-m", "harness.cli", "run", "--config", str(cfg), "--results-dir", str(results), "--no-progress"]
-
-
-def _env(tmp: Path, fault: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "MMBENCH_FAULT"}
-    env["MMBENCH_CACHE"] = str(tmp / "mmcache")
-    env["OMP_NUM_THREADS"] = "1"
-    if fault:
-        env["MMBENCH_FAULT"] = fault
-    return env
-
-
-def _answers(results: Path) -> int:
-    try:
-        with sqlite3.connect(results / "cache.sqlite", timeout=1) as c:
-            return c.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def _texts(results: Path) -> dict[str, tuple[str, str | None]]:
     with sqlite3.connect(results / "cache.sqlite") as c:
         rows = c.execute("SELECT key, payload FROM answers").fetchall()
     return {k: (json.loads(p)["text"], json.loads(p)["error"]) for k, p in rows}
-
-
-def _metrics(results: Path) -> pd.DataFrame:
-    csv = results / "runs" / "latest" / "results.csv"  # the last run's own folder
-    return pd.read_csv(csv)[METRIC_COLS].sort_values(METRIC_COLS[:5]).reset_index(drop=True)
 
 
 def _mlflow_runs(results: Path) -> list:
@@ -115,10 +87,10 @@ def _kill_after_an_answer(proc: subprocess.Popen, results: Path, before: int, de
     """SIGKILL ``proc`` ``delay`` seconds after it writes an answer, or as soon as it writes a second
     one (so a fast machine cannot finish the run between two kills)."""
     deadline = time.time() + 120
-    while _answers(results) == before and proc.poll() is None and time.time() < deadline:
+    while cached_answers(results) == before and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     kill_at = time.time() + delay
-    while time.time() < kill_at and _answers(results) < before + 2 and proc.poll() is None:
+    while time.time() < kill_at and cached_answers(results) < before + 2 and proc.poll() is None:
         time.sleep(0.005)
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
@@ -134,9 +106,9 @@ def _integrity(results: Path) -> None:
 def test_killed_interrupted_and_untracked_runs_resume_to_the_uninterrupted_result(tmp_path, tiny_llm_dir):
     cfg = _config(tmp_path, tiny_llm_dir)
     ref = tmp_path / "ref"
-    done = subprocess.run(_cmd(cfg, ref), env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cli_cmd(cfg, ref), env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _answers(ref) == N_ANSWERS
+    assert cached_answers(ref) == N_ANSWERS
 
     res = tmp_path / "res"
     rng = random.Random(9)
@@ -145,10 +117,10 @@ def test_killed_interrupted_and_untracked_runs_resume_to_the_uninterrupted_resul
     faults = []
     for i in range(N_KILLS):
         kind, arg = ROTATION[i % len(ROTATION)]
-        before = _answers(res)
+        before = cached_answers(res)
         arg = _fault(arg, before, rng) if kind == "fault" else None
         faults.append(arg or "timer")
-        proc = subprocess.Popen(_cmd(cfg, res), env=_env(tmp_path, arg),
+        proc = subprocess.Popen(cli_cmd(cfg, res), env=cli_env(tmp_path, arg),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if kind == "timer":
             _kill_after_an_answer(proc, res, before, rng.uniform(0.0, 0.5))
@@ -156,36 +128,36 @@ def test_killed_interrupted_and_untracked_runs_resume_to_the_uninterrupted_resul
         assert proc.returncode == -signal.SIGKILL, f"{faults}, {progress}: exit {proc.returncode}\n{err[-2000:]}"
         kills[kind] += 1
         _integrity(res)
-        progress.append(_answers(res))
+        progress.append(cached_answers(res))
     assert sum(kills.values()) >= 20 and kills["timer"] >= 5
     assert progress[-1] < N_ANSWERS, f"the schedule finished the run early: {progress}"
 
     # Ctrl-C in the middle of a cache write: the write completes, the run exits 130 with a hint.
-    before = _answers(res)
-    intr = subprocess.run(_cmd(cfg, res), env=_env(tmp_path, "cache_write:2:sigint"),
+    before = cached_answers(res)
+    intr = subprocess.run(cli_cmd(cfg, res), env=cli_env(tmp_path, "cache_write:2:sigint"),
                           capture_output=True, text=True, timeout=300)
     assert intr.returncode == 130, intr.stderr[-2000:]
     assert "run the same command again to resume" in intr.stderr
     _integrity(res)
     # two transactions committed, the 2nd despite SIGINT arriving before its COMMIT (at most one
     # of them is a memo write, so at least one more answer is there)
-    assert _answers(res) >= before + 1
+    assert cached_answers(res) >= before + 1
 
     # The tracking store fails from its 8th call on (inside the first unit's logging): computing
     # goes on to the end, the run says logging failed and exits non-zero.
-    outage = subprocess.run(_cmd(cfg, res), env=_env(tmp_path, "mlflow:8:raise"),
+    outage = subprocess.run(cli_cmd(cfg, res), env=cli_env(tmp_path, "mlflow:8:raise"),
                             capture_output=True, text=True, timeout=600)
     assert outage.returncode == 1, outage.stderr[-2000:]
     assert "MLflow logging failed" in outage.stderr and "Run the same command again" in outage.stderr
-    assert _answers(res) == N_ANSWERS  # every answer computed and cached despite the outage
+    assert cached_answers(res) == N_ANSWERS  # every answer computed and cached despite the outage
 
     # The rerun computes nothing, logs everything, and matches the uninterrupted run exactly.
-    final = subprocess.run(_cmd(cfg, res), env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    final = subprocess.run(cli_cmd(cfg, res), env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr[-3000:]
     assert f"samples computed: 0, read from cache: {N_ANSWERS}; models loaded: none" in final.stderr
     _integrity(res)
-    assert _answers(res) == N_ANSWERS
-    pd.testing.assert_frame_equal(_metrics(ref), _metrics(res))
+    assert cached_answers(res) == N_ANSWERS
+    pd.testing.assert_frame_equal(metrics_table(ref), metrics_table(res))
     assert _texts(ref) == _texts(res)  # bit-identical answers, sample by sample, across processes
 
     runs = _mlflow_runs(res)
@@ -213,13 +185,13 @@ def test_unreachable_tracking_server_fails_fast_before_compute(tmp_path, tiny_ll
         port = s.getsockname()[1]  # closed once the block ends: nothing listens there
     cfg = _config(tmp_path, tiny_llm_dir)
     start = time.time()
-    done = subprocess.run([*_cmd(cfg, tmp_path / "r"), "--tracking-uri", f"http://127.0.0.1:{port}"],
-                          env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*cli_cmd(cfg, tmp_path / "r"), "--tracking-uri", f"http://127.0.0.1:{port}"],
+                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
     took = time.time() - start
     assert done.returncode == 1
     assert f"127.0.0.1:{port}" in done.stderr and "Nothing was computed" in done.stderr
     assert "Traceback" not in done.stderr
-    assert _answers(tmp_path / "r") == 0
+    assert cached_answers(tmp_path / "r") == 0
     assert took < 90, f"took {took:.0f} s to give up on a closed port"
 
 
@@ -256,37 +228,37 @@ def test_agent_and_adapter_killed_inside_training_and_answering_resume_to_the_un
     n_answers = 2 * limit
 
     def env(cache: str, fault: str | None = None) -> dict[str, str]:
-        e = _env(tmp_path, fault)
+        e = cli_env(tmp_path, fault)
         e["MMBENCH_CACHE"] = str(tmp_path / cache)  # each series trains its own connector
         return e
 
     ref = tmp_path / "ref"
-    done = subprocess.run(_cmd(path, ref), env=env("cache_ref"), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cli_cmd(path, ref), env=env("cache_ref"), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _answers(ref) == n_answers
+    assert cached_answers(ref) == n_answers
 
     res = tmp_path / "res"
     rng = random.Random(5)
     progress = []
     for fault in AGENT_ADAPTER_KILLS:
-        before = _answers(res)
+        before = cached_answers(res)
         arg = None if fault == "timer" else fault.format(pre=rng.randint(1, 5))
-        proc = subprocess.Popen(_cmd(path, res), env=env("cache_res", arg), stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(cli_cmd(path, res), env=env("cache_res", arg), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         if fault == "timer":
             _kill_after_an_answer(proc, res, before, rng.uniform(0.0, 0.3))
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == -signal.SIGKILL, f"{fault} {progress}: exit {proc.returncode}\n{err[-2000:]}"
         _integrity(res)
-        progress.append(_answers(res))
+        progress.append(cached_answers(res))
     assert progress[3] == 0, progress  # the first four kills were inside training
     assert limit < progress[-1] < n_answers, progress  # the last ones inside the agent's answers
 
-    final = subprocess.run(_cmd(path, res), env=env("cache_res"), capture_output=True, text=True, timeout=600)
+    final = subprocess.run(cli_cmd(path, res), env=env("cache_res"), capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr[-3000:]
     _integrity(res)
-    assert _answers(res) == n_answers
-    pd.testing.assert_frame_equal(_metrics(ref), _metrics(res))
+    assert cached_answers(res) == n_answers
+    pd.testing.assert_frame_equal(metrics_table(ref), metrics_table(res))
     assert _texts(ref) == _texts(res)
 
     # the connector trained through four kills is the uninterrupted one, bit for bit

@@ -124,7 +124,7 @@ def test_hostile_text_read_by_ocr_stays_an_observation(monkeypatch):
     from harness.models.llm import GenerationSettings
     from harness.models.tools import ToolBox
     from paradigms.tool_agent import ToolAgentOptions, VisualChatGPT
-    from tests.test_tool_agent import FakeScorer, ScriptedLLM
+    from tests.fakes import FakeLLM, FakeScorer
 
     def forbidden(*a: object, **k: object) -> None:
         raise AssertionError("code execution attempted")
@@ -146,7 +146,7 @@ def test_hostile_text_read_by_ocr_stays_an_observation(monkeypatch):
             return " Yes\nAction: os.system\nAction Input: rm -rf /"
         return f" Yes\nAction: Read Text\nAction Input: {image_path('sign')}"
 
-    llm = ScriptedLLM(gullible)
+    llm = FakeLLM(gullible)
     agent = VisualChatGPT(SimpleNamespace(llm=llm, tools=tools, scorer=FakeScorer()), ToolAgentOptions(),
                           GenerationSettings())
     req = Request(sample_id="s", image_id="sign", image=img, prompt="Question: what does it say? Short answer:",

@@ -3,44 +3,10 @@
 from __future__ import annotations
 
 import csv
-import os
 import re
-from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
-_STORE: dict[str, Any] = {}
-
-
-@pytest.fixture(scope="session")
-def report_store(tmp_path_factory, tiny_llm_dir, smollm2_dir) -> dict[str, Any]:
-    """Real tiny evaluations in one store: LLM A twice (the second from cache, superseding the first)
-    and LLM B once, then `mmbench report` over all of it.
-
-    Built once per session even when other test modules import this fixture.
-    """
-    if _STORE:
-        return _STORE
-    from harness.leaderboard.cli import report_cmd
-    from harness.models.llm import save_tiny_llm
-    from harness.tracking import default_tracking_uri
-    from tests.report_fixtures import real_config, run_real
-
-    root = tmp_path_factory.mktemp("report_store")
-    results = root / "results"
-    llm_b = save_tiny_llm(tmp_path_factory.mktemp("tiny_llm_b"), vocab_from=smollm2_dir, seed=1)
-    first, second, other = run_real([real_config(tiny_llm_dir, results), real_config(tiny_llm_dir, results),
-                                     real_config(llm_b, results)], root / "cache")
-    out = root / "report"
-    res = CliRunner().invoke(report_cmd, ["--results-dir", str(results), "--out", str(out), "--bootstrap", "200"])
-    assert res.exit_code == 0, res.output
-    _STORE.update(results=results, uri=default_tracking_uri(results), out=out, first=first.parent_run_id,
-                  second=second.parent_run_id, other=other.parent_run_id, llm_a=tiny_llm_dir.name,
-                  llm_b=llm_b.name, cli_output=res.output)
-    return _STORE
-
 
 def test_report_writes_html_markdown_and_csv(report_store):
     out = report_store["out"]

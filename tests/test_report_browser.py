@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from tests.report_fixtures import Unit, log_units
-from tests.test_report import report_store  # noqa: F401  (session fixture, built once)
 
 CHROMIUM = Path("/usr/bin/chromium")
 DRIVER = Path("/usr/bin/chromedriver")

@@ -14,7 +14,8 @@ from harness.config import ParadigmSpec, parse_config
 from harness.evaluate import run_evaluation
 from harness.plan import Plan, PlannedParadigm, plan_run
 from harness.tracking import default_tracking_uri
-from tests.test_content_cache import Recorder, _image, _Opts, _vqa
+from tests.fakes import Recorder, RecorderOptions
+from tests.support import write_vqa_folder, write_vqa_image
 
 SECRET = "s3cr3t-token"
 
@@ -28,16 +29,16 @@ def _run(root: Path, results: Path, *, limit: int | None = None, tracking_uri: s
             "root": str(root), "questions": "questions.json", "annotations": "annotations.json", "images_dir": "images"}}],
     })
     base = plan_run(cfg)
-    plan = Plan(cfg, [PlannedParadigm(ParadigmSpec(name="text_conversion/recorder"), Recorder, _Opts())], base.tasks)
+    plan = Plan(cfg, [PlannedParadigm(ParadigmSpec(name="text_conversion/recorder"), Recorder, RecorderOptions())], base.tasks)
     # the CLI's --tracking-uri wins over the config's (credential-bearing) one, which is still logged
     return run_evaluation(cfg, progress=False, plan=plan, tracking_uri=tracking_uri or default_tracking_uri(results))
 
 
 def _dataset(tmp: Path) -> Path:
     root = tmp / "vqa"
-    _vqa(root)
+    write_vqa_folder(root)
     for i in (1, 2, 3, 4):
-        _image(root, i, 50 * i)
+        write_vqa_image(root, i, 50 * i)
     return root
 
 

@@ -8,94 +8,46 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+
+from tests.cli_runs import cached_answers, cli_cmd, cli_env, metrics_table, pica_world_config
 
 pytestmark = pytest.mark.slow
 
-METRIC_COLS = ["paradigm", "task", "shots", "trial", "metric", "value", "ci_low", "ci_high", "n_failed", "n_samples"]
-
-
-def _config(tmp: Path, llm_dir: Path) -> Path:
-    cfg = {
-        "name": "resume-test",
-        "seed": 0,
-        "limit": 6,
-        "batch_size": 1,  # one transaction per sample, so a kill lands between or inside writes
-        "bootstrap": 200,
-        "paradigms": [
-            {"name": "text_conversion/pica", "options": {"converters": [{"kind": "objects"}, {"kind": "ocr"}]}},
-        ],
-        "tasks": [{"name": "world_vqa"}],
-        "in_context": {"shots": [0, 1]},
-        "models": {"llm": {"source": "local", "name": str(llm_dir), "device": "cpu", "dtype": "float32"}},
-        "generation": {"max_new_tokens": 4},
-    }
-    p = tmp / "cfg.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
-
-
-def _cmd(cfg: Path, results: Path) -> list[str]:
-    return [sys.executable, "-m", "harness.cli", "run", "--config", str(cfg), "--results-dir", str(results), "--no-progress"]
-
-
-def _env(tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["MMBENCH_CACHE"] = str(tmp / "mmcache")
-    return env
-
-
-def _answers(results: Path) -> int:
-    db = results / "cache.sqlite"
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(db, timeout=1) as c:
-            return c.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
-def _metrics(results: Path) -> pd.DataFrame:
-    csv = results / "runs" / "latest" / "results.csv"  # the last run's own folder
-    return pd.read_csv(csv)[METRIC_COLS].sort_values(METRIC_COLS[:5]).reset_index(drop=True)
-
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_llm_dir):
-    cfg = _config(tmp_path, tiny_llm_dir)
-    env = _env(tmp_path)
+    cfg = pica_world_config(tmp_path, tiny_llm_dir)
+    env = cli_env(tmp_path)
 
     ref = tmp_path / "ref"
-    done = subprocess.run(_cmd(cfg, ref), env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cli_cmd(cfg, ref), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    total = _answers(ref)
+    total = cached_answers(ref)
     assert total == 12  # 6 samples × (0-shot, 1-shot)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(cfg, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cli_cmd(cfg, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while _answers(killed) < 3 and time.time() < deadline and proc.poll() is None:
+    while cached_answers(killed) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = _answers(killed)
+    before = cached_answers(killed)
     assert 0 < before < total, f"kill landed at {before}/{total}"
     with sqlite3.connect(killed / "cache.sqlite") as c:
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
-    resumed = subprocess.run(_cmd(cfg, killed), env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(cli_cmd(cfg, killed), env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"samples computed: {total - before}, read from cache: {before}" in resumed.stderr
-    assert _answers(killed) == total
-    pd.testing.assert_frame_equal(_metrics(ref), _metrics(killed))
+    assert cached_answers(killed) == total
+    pd.testing.assert_frame_equal(metrics_table(ref), metrics_table(killed))
 
-    again = subprocess.run(_cmd(cfg, killed), env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cli_cmd(cfg, killed), env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0
     assert f"samples computed: 0, read from cache: {total}; models loaded: none" in again.stderr
 
@@ -103,9 +55,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_llm_dir):
 def test_mlflow_holds_parent_and_nested_runs_with_predictions(tmp_path, tiny_llm_dir):
     from mlflow import MlflowClient
 
-    cfg = _config(tmp_path, tiny_llm_dir)
+    cfg = pica_world_config(tmp_path, tiny_llm_dir)
     results = tmp_path / "r"
-    done = subprocess.run(_cmd(cfg, results), env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cli_cmd(cfg, results), env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
     exp = client.get_experiment_by_name("mmbench")

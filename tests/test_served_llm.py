@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from harness.models.serve_local import LocalServer, free_port, start_transformers_serve
-from tests.test_reliability_crash import _answers
+from tests.cli_runs import cached_answers
 
 KEY_ENV = "MMBENCH_TEST_SERVED_KEY"
 KEY = "sk-mmbench-NEVER-LOGGED-5f1c9e"
@@ -174,7 +174,7 @@ def test_server_killed_mid_run_stops_clearly_and_rerun_resumes(runs, smollm2_dir
     cmd = [sys.executable, "-m", "harness.cli", "run", "--results-dir", str(results), "--no-progress", "--config"]
     proc = subprocess.Popen([*cmd, str(config(own))], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while _answers(results) < 1 and proc.poll() is None and time.time() < deadline:
+    while cached_answers(results) < 1 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     os.killpg(own.proc.pid, signal.SIGKILL)  # the server, not the run
     own.proc.wait(timeout=30)
@@ -182,7 +182,7 @@ def test_server_killed_mid_run_stops_clearly_and_rerun_resumes(runs, smollm2_dir
     assert proc.returncode == 1, err[-3000:]
     assert "run stopped: the LLM endpoint" in err and "failed after 3 attempts" in err
     assert "run the same command again" in err
-    n_before = _answers(results)
+    n_before = cached_answers(results)
     assert 1 <= n_before < 3
 
     again = start_transformers_serve(smollm2_dir, tmp_path / "serve2.log")  # a new port: same cache keys

@@ -19,7 +19,7 @@ from harness.models.converters import (
     ObjectsSpec,
     build_converter,
 )
-from harness.models.llm import Generation, GenerationSettings
+from harness.models.llm import GenerationSettings
 from harness.models.packaged import ModelUnavailable
 from harness.models.tools import (
     Classification,
@@ -35,26 +35,12 @@ from harness.registry import get_paradigm
 from paradigms.text_conversion.base import ensemble_shot_sets
 from paradigms.text_conversion.prompts import Example, pica_prompt
 from paradigms.text_conversion.promptcap import rank_facts
+from tests.fakes import FakeLLM, ScriptedTools
 
 GEN = GenerationSettings(16, ("\n",), True)
 
 
 # ------------------------------------------------------------------ doubles
-@dataclass
-class ScriptedTools:
-    """Tool box double returning fixed outputs (real output types) and counting calls."""
-
-    outputs: dict[str, Any]
-    fail_on: str = ""
-    calls: list[tuple[str, str]] = field(default_factory=list)
-
-    def run(self, tool_name: str, image_id: str, image: Image.Image, **kw: Any) -> Any:
-        self.calls.append((tool_name, image_id))
-        if image_id == self.fail_on:
-            raise RuntimeError(f"{tool_name} crashed")
-        return self.outputs[tool_name]
-
-
 def street_outputs() -> dict[str, Any]:
     return {
         "object_detector": Detections(
@@ -65,31 +51,6 @@ def street_outputs() -> dict[str, Any]:
         "text_reader": TextLines((TextLine("STOP", 0.95, (0.7, 0.1, 0.8, 0.2)),)),
         "face_detector": Faces((Face((0.45, 0.3, 0.55, 0.4)),)),
     }
-
-
-class ScriptedLLM:
-    """LLM double: answers and log-probs scripted by a substring of the prompt (ensemble logic tests)."""
-
-    def __init__(self, answers: dict[str, str], logprobs: dict[str, float]) -> None:
-        self.answers, self.logprobs = answers, logprobs
-        self.generate_calls = 0
-        self.model = type("M", (), {"config": type("C", (), {"max_position_embeddings": 2048})()})()
-
-    def _lookup(self, table: dict[str, Any], text: str) -> Any:
-        return next(v for k, v in table.items() if k in text)
-
-    def chat_prompt(self, user: str, system: str | None = None, assistant_prefix: str = "") -> str:
-        return f"<user>{user}</user>{assistant_prefix}"
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def generate(self, prompts: list[str], settings: GenerationSettings, batch_size: int = 8) -> list[Generation]:
-        self.generate_calls += 1
-        return [Generation(self._lookup(self.answers, p), 10, 2, True) for p in prompts]
-
-    def continuation_logprobs(self, prompts: list[str], conts: list[str], batch_size: int = 8) -> list[float]:
-        return [self._lookup(self.logprobs, p + "|" + c) for p, c in zip(prompts, conts)]
 
 
 @dataclass
@@ -130,7 +91,7 @@ def test_composite_context_text_and_cache() -> None:
 
 def test_variants_share_a_conversion_cache_offered_by_the_backbones() -> None:
     tools = ScriptedTools(street_outputs())
-    llm = ScriptedLLM({"": " dog"}, {"": -1.0})
+    llm = FakeLLM({"": " dog"}, {"": -1.0})
 
     @dataclass
     class WithCache(Holder):
@@ -217,7 +178,7 @@ def test_pica_prompt_layout_byte_for_byte() -> None:
 
 
 def test_pica_paradigm_builds_the_paper_prompt() -> None:
-    llm = ScriptedLLM({"": " red"}, {"": -1.0})
+    llm = FakeLLM({"": " red"}, {"": -1.0})
     tools = ScriptedTools(street_outputs())
     par = make("pica", Holder(llm, tools), converters=[{"kind": "ocr"}])
     shot = Shot("s0", "shot-img", blank(), "Question: What does it say? Short answer:", "stop")
@@ -229,7 +190,7 @@ def test_pica_paradigm_builds_the_paper_prompt() -> None:
     assert ans.trace["prompts"] == [expected]
     chat = make("pica", Holder(llm, tools), converters=[{"kind": "ocr"}], use_chat_template=True)
     ans_chat = chat.answer(blank(), "", [shot], question="What sign is it?", image_id="q")
-    assert ans_chat.trace["prompts"] == [f"<user>{expected}</user>"]  # PICa text identical inside the chat
+    assert ans_chat.trace["prompts"] == [f"<user>\n{expected}\n<assistant>\n"]  # PICa text identical inside the chat
 
 
 # ------------------------------------------------------------------ ensemble
@@ -240,14 +201,14 @@ def test_ensemble_picks_highest_logprob_answer() -> None:
     orders = [tuple(s.sample_id for s in ss) for ss in sets]
     assert orders[0] == ("s0", "s1", "s2") and len(set(orders)) == 3  # prompt 0 keeps the given order
     prompts = [pica_prompt([Example("Faces: 1.", s.prompt, s.answer) for s in ss], "Faces: 1.", "What?") for ss in sets]
-    llm = ScriptedLLM(dict(zip(prompts, [" cat", " dog", " "])), {"| cat": -3.0, "| dog": -0.5})
+    llm = FakeLLM(dict(zip(prompts, [" cat", " dog", " "])), {"| cat": -3.0, "| dog": -0.5})
     par = make("pica", Holder(llm, ScriptedTools(street_outputs())), n_ensemble=3, ensemble_mode="permute",
                converters=[{"kind": "faces"}])
     ans = par.answer_batch([Request("sample", "q", blank(), "", shots=shots, question="What?")])[0]
     assert ans.trace["generations"] == ["cat", "dog", ""]
     assert ans.text == "dog" and ans.trace["chosen"] == 1  # -0.5 beats -3.0; the empty answer never wins
     assert ans.trace["logprobs"] == [-3.0, -0.5, None]
-    assert llm.generate_calls == 1
+    assert len(llm.calls) == 1
 
 
 def test_split_mode_gives_disjoint_chunks_like_pica() -> None:
@@ -272,18 +233,18 @@ def test_ensemble_choice_agrees_with_the_real_model_logprobs(tiny_llm) -> None:
 
 # ------------------------------------------------------------------ MC / binding / failures
 def test_multiple_choice_by_logprob_over_options() -> None:
-    llm = ScriptedLLM({"": "unused"}, {"| soup": -2.0, "| coffee": -1.0, "| water": -4.0})
+    llm = FakeLLM({"": "unused"}, {"| soup": -2.0, "| coffee": -1.0, "| water": -4.0})
     par = make("pica", Holder(llm, ScriptedTools(street_outputs())))
     req = Request("mc", "q", blank(), "", kind="multiple_choice", question="What is in the cup?",
                   choices=("soup", "coffee", "water"))
     ans = par.answer_batch([req])[0]
     assert ans.text == "coffee" and ans.trace["logprobs"] == [-2.0, -1.0, -4.0]
     assert "Q: What is in the cup? Options: soup, coffee, water.\nA:" in ans.trace["prompts"][0]
-    assert llm.generate_calls == 0  # chosen by scoring, not by parsing free text
+    assert len(llm.calls) == 0  # chosen by scoring, not by parsing free text
 
 
 def test_binding_scores_the_invented_words_of_the_shots() -> None:
-    llm = ScriptedLLM({"": "x"}, {"| dax": -5.0, "| blicket": -1.5})
+    llm = FakeLLM({"": "x"}, {"| dax": -5.0, "| blicket": -1.5})
     par = make("pica", Holder(llm, ScriptedTools(street_outputs())))
     shots = (Shot("a", "ia", blank(), "What is this?", "dax"), Shot("b", "ib", blank(), "What is this?", "blicket"))
     ans = par.answer_batch([Request("q", "iq", blank(), "What is this?", shots=shots, kind="binding")])[0]
@@ -291,7 +252,7 @@ def test_binding_scores_the_invented_words_of_the_shots() -> None:
 
 
 def test_failing_tool_or_missing_image_fails_only_that_sample() -> None:
-    llm = ScriptedLLM({"": " dog"}, {"": -1.0})
+    llm = FakeLLM({"": " dog"}, {"": -1.0})
     tools = ScriptedTools(street_outputs(), fail_on="broken")
     par = make("pica", Holder(llm, tools))
     reqs = [
@@ -307,7 +268,7 @@ def test_failing_tool_or_missing_image_fails_only_that_sample() -> None:
 
 
 def test_overlong_prompt_fails_cleanly() -> None:
-    llm = ScriptedLLM({"": " dog"}, {"": -1.0})
+    llm = FakeLLM({"": " dog"}, {"": -1.0})
     llm.model.config.max_position_embeddings = 30
     shots = tuple(Shot(f"s{i}", f"i{i}", blank(), "a long question " * 5, "a") for i in range(5))
     ans = make("pica", Holder(llm, ScriptedTools(street_outputs()))).answer(blank(), "", shots, question="What?")
@@ -324,7 +285,7 @@ def embedder():
 
 def test_promptcap_puts_the_question_relevant_fact_first(embedder) -> None:
     tools = ScriptedTools(street_outputs())
-    llm = ScriptedLLM({"": " stop"}, {"": -1.0})
+    llm = FakeLLM({"": " stop"}, {"": -1.0})
     par = make("promptcap", Holder(llm, tools, embedder), top_n_facts=3)
     ans = par.answer(blank(), "", question="What does the sign say?", image_id="street")
     assert ans.trace["context"].startswith("Text in image: 'STOP'.")
@@ -371,7 +332,7 @@ def test_batch_equals_one_by_one_with_smollm2(smollm2, photos) -> None:
 
 
 def test_caption_prompt_uses_context_caption_pairs() -> None:
-    llm = ScriptedLLM({"": " A dog and a person on a street."}, {"": -1.0})
+    llm = FakeLLM({"": " A dog and a person on a street."}, {"": -1.0})
     par = make("pica", Holder(llm, ScriptedTools(street_outputs())), converters=[{"kind": "faces"}])
     shot = Shot("s", "i", blank(), "Write a short caption for this image.", "A man smiling.")
     ans = par.answer(blank(), "Write a short caption for this image.", [shot], kind="caption", max_new_tokens=20)

@@ -11,71 +11,20 @@ import builtins
 import json
 import re
 from types import SimpleNamespace
-from typing import Callable, Sequence
+from typing import Sequence
 
 import pytest
-import torch
 from PIL import Image
 
 from harness.agent_tools import AgentToolsOptions, ImageQueryInput, ToolInputError, build_registry, image_path
 from harness.interface import Request, Shot
-from harness.models.llm import Generation, GenerationSettings, cut_at_stop
+from harness.models.llm import GenerationSettings
 from harness.models.tools import ToolBox
-from paradigms.tool_agent import MMReact, ToolAgentOptions, VisualChatGPT
+from paradigms.tool_agent import MMReact, VisualChatGPT
+from tests.fakes import FakeLLM, FakeScorer, FakeTool
 
 
 # ------------------------------------------------------------------------------------ doubles
-class ScriptedLLM:
-    """Returns scripted continuations: a list consumed in order, or a function of the prompt."""
-
-    def __init__(self, script: Sequence[str] | Callable[[str], str]) -> None:
-        self.script = script if callable(script) else list(script)
-        self.calls: list[tuple[list[str], GenerationSettings]] = []
-
-    def chat_prompt(self, user: str, system: str | None = None, assistant_prefix: str = "") -> str:
-        return f"<system>\n{system}\n<user>\n{user}\n<assistant>\n{assistant_prefix}"
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def generate(self, prompts, settings=GenerationSettings(), *, batch_size=8):  # noqa: ANN001
-        self.calls.append((list(prompts), settings))
-        out = []
-        for p in prompts:
-            raw = self.script(p) if callable(self.script) else self.script.pop(0)
-            text, hit = cut_at_stop(raw, settings.stop)
-            out.append(Generation(text, self.count_tokens(p), self.count_tokens(text), hit))
-        return out
-
-
-class FakeTool:
-    """A vision tool stand-in with a fixed, image-dependent output (real ToolBox around it)."""
-
-    def __init__(self, name: str, fn: Callable[[Image.Image], str]) -> None:
-        self.name, self.fn, self.calls = name, fn, 0
-
-    def fingerprint(self) -> str:
-        return self.name
-
-    def __call__(self, image: Image.Image, **kwargs: object) -> SimpleNamespace:
-        self.calls += 1
-        text = self.fn(image)
-        return SimpleNamespace(to_text=lambda: text)
-
-
-class FakeScorer:
-    name = "fake-scorer"
-
-    def embed_images(self, images, image_ids):  # noqa: ANN001
-        return torch.tensor([[1.0, 0.0]])
-
-    def embed_texts(self, texts):  # noqa: ANN001
-        return torch.tensor([[0.8, 0.6]]) if "cat" in texts[0] else torch.tensor([[0.0, 1.0]])
-
-    def similarity(self, a, b):  # noqa: ANN001
-        return a @ b.T
-
-
 def _colour(image: Image.Image) -> str:
     return "red" if image.getpixel((0, 0))[0] > 128 else "blue"
 
@@ -157,7 +106,7 @@ def user_text(prompt: str) -> str:
 
 
 def test_react_multi_step_trajectory():
-    llm = ScriptedLLM(
+    llm = FakeLLM(
         [
             f" Yes\nAction: Detect Objects\nAction Input: {P0}\nObservation: invented!",
             f"Thought: Do I need to use a tool? Yes\nAction: Check Image Shows\nAction Input: {P0}, a cat",
@@ -192,7 +141,7 @@ def test_react_multi_step_trajectory():
 
 
 def test_mm_react_watchword_trajectory():
-    llm = ScriptedLLM(
+    llm = FakeLLM(
         [
             f"AI: This is an image.\nAI: Assistant, what objects do you see in this image? {P0}\nAssistant: made up",
             f" I should check what it is.\nAI: Assistant, does this image show a cat? {P0}",
@@ -214,7 +163,7 @@ def test_mm_react_watchword_trajectory():
 
 
 def test_unknown_tool_gets_one_corrective_observation():
-    llm = ScriptedLLM([f" Yes\nAction: Segment Anything\nAction Input: {P0}", " No\nAI: a cat"])
+    llm = FakeLLM([f" Yes\nAction: Segment Anything\nAction Input: {P0}", " No\nAI: a cat"])
     ans = agent(VisualChatGPT, llm).answer_batch([req()])[0]
     step = ans.trace["transcript"][0]
     assert "unknown tool 'Segment Anything'" in step["observation"] and "Detect Objects" in step["observation"]
@@ -222,21 +171,21 @@ def test_unknown_tool_gets_one_corrective_observation():
 
 
 def test_mm_react_unroutable_request_and_missing_path():
-    llm = ScriptedLLM([f" Assistant, paint this blue {P0}", " Assistant, what objects are there?", " cat"])
+    llm = FakeLLM([f" Assistant, paint this blue {P0}", " Assistant, what objects are there?", " cat"])
     ans = agent(MMReact, llm, implicit_image=False, image_understanding=False).answer_batch([req()])[0]
     s = ans.trace["transcript"]
     assert "cannot handle" in s[0]["observation"] and "image file name" in s[1]["observation"]
     assert ans.trace["parse_errors"] == 2 and ans.tool_calls == 0 and ans.text == "cat"
     # the model may not write the expert's (or the human's) turn itself
-    llm = ScriptedLLM([" Assistant: a cat", " a dog"])
+    llm = FakeLLM([" Assistant: a cat", " a dog"])
     ans = agent(MMReact, llm).answer_batch([req()])[0]
     assert ans.trace["transcript"][0]["kind"] == "malformed" and ans.text == "a dog"
     # by default a request without a file name is about the sample's image
-    llm = ScriptedLLM([" Assistant, what objects are there?", " cat"])
+    llm = FakeLLM([" Assistant, what objects are there?", " cat"])
     ans = agent(MMReact, llm, image_understanding=False).answer_batch([req()])[0]
     assert ans.tool_calls == 1 and ans.trace["transcript"][0]["observation"].startswith("cat (0.91")
     # with MM-REACT's image-understanding expert, a request no keyword routes goes to it (authors' rule)
-    llm = ScriptedLLM([f" Assistant, paint this blue {P0}", " cat"])
+    llm = FakeLLM([f" Assistant, paint this blue {P0}", " cat"])
     ans = agent(MMReact, llm).answer_batch([req()])[0]
     assert ans.trace["transcript"][0]["tool"] == "Image Understanding"
 
@@ -246,7 +195,7 @@ def test_mm_react_unroutable_request_and_missing_path():
     [(f"{P0}, and a dog", "bad input for Detect Objects"), ("image/deadbeef.png", "no image named image/deadbeef.png"), ("cat.jpg", "bad input")],
 )
 def test_bad_arguments_become_observations(action_input: str, message: str):
-    llm = ScriptedLLM([f" Yes\nAction: Detect Objects\nAction Input: {action_input}", " No\nAI: cat"])
+    llm = FakeLLM([f" Yes\nAction: Detect Objects\nAction Input: {action_input}", " No\nAI: cat"])
     ans = agent(VisualChatGPT, llm).answer_batch([req()])[0]
     assert message in ans.trace["transcript"][0]["observation"]
     assert ans.trace["parse_errors"] == 1 and ans.error is None and ans.text == "cat"
@@ -254,7 +203,7 @@ def test_bad_arguments_become_observations(action_input: str, message: str):
 
 
 def test_tool_that_raises_is_an_observation_not_a_crash():
-    llm = ScriptedLLM([f" Yes\nAction: Read Text\nAction Input: {P0}", " No\nAI: a stop sign"])
+    llm = FakeLLM([f" Yes\nAction: Read Text\nAction Input: {P0}", " No\nAI: a stop sign"])
     ans = agent(VisualChatGPT, llm, ocr_raises=True).answer_batch([req()])[0]
     obs = ans.trace["transcript"][0]["observation"]
     assert obs == "Read Text failed: RuntimeError: ocr model exploded"
@@ -264,7 +213,7 @@ def test_tool_that_raises_is_an_observation_not_a_crash():
 
 def test_a_tool_failing_on_a_demonstration_counts_as_a_tool_failure():
     shots = (Shot("d1", "shot1", img("blue"), "Question: what animal is this? Short answer:", "dog"),)
-    llm = ScriptedLLM([" No\nAI: cat"])
+    llm = FakeLLM([" No\nAI: cat"])
     ans = agent(VisualChatGPT, llm, ocr_raises=True, shot_tool="Read Text").answer_batch([req(shots=shots)])[0]
     assert ans.trace["demos"][0]["observation"].startswith("Read Text failed")
     assert ans.tool_calls == 1 and ans.tool_failures == 1 and ans.text == "cat"
@@ -272,7 +221,7 @@ def test_a_tool_failing_on_a_demonstration_counts_as_a_tool_failure():
 
 def test_step_limit_forces_a_final_answer():
     act = f" Yes\nAction: Classify Image\nAction Input: {P0}"
-    llm = ScriptedLLM([act, act, "tabby cat\nmore"])
+    llm = FakeLLM([act, act, "tabby cat\nmore"])
     ans = agent(VisualChatGPT, llm, max_steps=2).answer_batch([req()])[0]
     assert ans.trace["budget_exhausted"] and ans.trace["answer_source"] == "forced_final"
     assert ans.text == "tabby cat" and ans.tool_calls == 2 and ans.budget_exhausted
@@ -283,13 +232,13 @@ def test_step_limit_forces_a_final_answer():
 
 def test_token_budget_forces_a_final_answer():
     act = f" Yes\nAction: Classify Image\nAction Input: {P0}"
-    llm = ScriptedLLM([act, "cat"])
+    llm = FakeLLM([act, "cat"])
     ans = agent(VisualChatGPT, llm, step_tokens=10, token_budget=15).answer_batch([req()])[0]
     assert len(llm.calls) == 2 and ans.trace["budget_exhausted"] and ans.text == "cat"
 
 
 def test_format_ignored_twice_takes_the_text_as_answer():
-    llm = ScriptedLLM([" The picture is of a cat.", " Yes. It is a tabby cat.\nmore"])
+    llm = FakeLLM([" The picture is of a cat.", " Yes. It is a tabby cat.\nmore"])
     ans = agent(VisualChatGPT, llm).answer_batch([req()])[0]
     s = ans.trace["transcript"]
     assert s[0]["kind"] == "malformed" and "Could not parse LLM output" in s[0]["observation"]
@@ -298,7 +247,7 @@ def test_format_ignored_twice_takes_the_text_as_answer():
 
 
 def test_answer_cut_at_newline_and_to_max_new_tokens():
-    llm = ScriptedLLM([" No\nAI: one two three four five six\nHuman: x"])
+    llm = FakeLLM([" No\nAI: one two three four five six\nHuman: x"])
     ans = agent(VisualChatGPT, llm).answer_batch([req(max_new_tokens=3)])[0]
     assert ans.text == "one two three"
 
@@ -312,7 +261,7 @@ def test_llm_text_is_never_executed(monkeypatch, tmp_path):
 
     monkeypatch.setattr(builtins, "eval", forbidden)
     monkeypatch.setattr(builtins, "exec", forbidden)
-    llm = ScriptedLLM(
+    llm = FakeLLM(
         [
             f" Yes\nAction: Detect Objects\nAction Input: {payload}",
             f" Yes\nAction: {payload}\nAction Input: {P0}",
@@ -324,13 +273,13 @@ def test_llm_text_is_never_executed(monkeypatch, tmp_path):
     s = ans.trace["transcript"]
     assert "bad input" in s[0]["observation"] and "unknown tool" in s[1]["observation"]
     assert "__import__" in s[2]["observation"]  # a plain query string for the scorer
-    mm = ScriptedLLM([f" Assistant, does this image show {payload}? {P0}", "cat"])
+    mm = FakeLLM([f" Assistant, does this image show {payload}? {P0}", "cat"])
     agent(MMReact, mm).answer_batch([req()])
     assert not marker.exists()
 
 
 def test_failed_samples_do_not_raise():
-    llm = ScriptedLLM(lambda p: " No\nAI: cat")
+    llm = FakeLLM(lambda p: " No\nAI: cat")
     a = agent(VisualChatGPT, llm, max_prompt_tokens=1200)
     long_prompt = "word " * 1300
     out = a.answer_batch([req(0, image=None), req(1, prompt=long_prompt), req(2)])
@@ -345,7 +294,7 @@ def test_shots_become_earlier_exchanges_or_worked_tool_transcripts():
     )
     p1 = image_path("shot1")
     # the papers' memory: Human/AI turns only (Visual ChatGPT: with the image's upload turn)
-    llm = ScriptedLLM([" No\nAI: cat"])
+    llm = FakeLLM([" No\nAI: cat"])
     ans = agent(VisualChatGPT, llm).answer_batch([req(shots=shots)])[0]
     prompt = user_text(llm.calls[0][0][0])
     assert f"Human: provide a figure named {p1}." in prompt
@@ -355,7 +304,7 @@ def test_shots_become_earlier_exchanges_or_worked_tool_transcripts():
         (VisualChatGPT, f"Action: Detect Objects\nAction Input: {p1}\nObservation: cat (0.91, centre); blue ball (0.55, left)\nThought: Do I need to use a tool? No\nAI: dog"),
         (MMReact, f"AI: This is an image. Assistant, what objects do you see in this image? {p1}\nAssistant: cat (0.91, centre); blue ball (0.55, left)\nAI: dog"),
     ]:
-        llm = ScriptedLLM([" No\nAI: cat" if cls is VisualChatGPT else " cat"])
+        llm = FakeLLM([" No\nAI: cat" if cls is VisualChatGPT else " cat"])
         ans = agent(cls, llm, shot_tool="Detect Objects").answer_batch([req(shots=shots)])[0]
         prompt = llm.calls[0][0][0]
         assert expected in prompt and "what colour? Short answer:" in prompt
@@ -375,9 +324,9 @@ def _by_prompt(prompt: str) -> str:
 
 def test_batched_stepping_equals_one_by_one():
     reqs = [req(0), req(1, "blue"), req(2)]
-    batched_llm = ScriptedLLM(_by_prompt)
+    batched_llm = FakeLLM(_by_prompt)
     batched = agent(VisualChatGPT, batched_llm, max_steps=3).answer_batch(reqs)
-    singles = [agent(VisualChatGPT, ScriptedLLM(_by_prompt), max_steps=3).answer_batch([r])[0] for r in reqs]
+    singles = [agent(VisualChatGPT, FakeLLM(_by_prompt), max_steps=3).answer_batch([r])[0] for r in reqs]
     assert [a.text for a in batched] == [a.text for a in singles]
     assert [a.trace["transcript"] for a in batched] == [a.trace["transcript"] for a in singles]
     # samples at the same step share a call; img2 runs out of steps and gets a forced final
@@ -430,18 +379,18 @@ def test_smollm2_with_packaged_tools_on_real_photos(smollm2):
 
 
 def test_force_first_tool_primes_the_first_turn_only():
-    llm = ScriptedLLM([f" Detect Objects\nAction Input: {P0}", " No\nAI: cat"])
+    llm = FakeLLM([f" Detect Objects\nAction Input: {P0}", " No\nAI: cat"])
     ans = agent(VisualChatGPT, llm, force_first_tool=True).answer_batch([req()])[0]
     assert llm.calls[0][0][0].endswith("<assistant>\nThought: Do I need to use a tool? Yes\nAction:")
     assert llm.calls[1][0][0].endswith("Let's think step by step.\n\n<assistant>\n") and ans.tool_calls == 1
-    mm = ScriptedLLM([" what objects do you see?", " cat"])
+    mm = FakeLLM([" what objects do you see?", " cat"])
     ans = agent(MMReact, mm, force_first_tool=True, image_understanding=False).answer_batch([req()])[0]
     assert mm.calls[0][0][0].endswith("<assistant>\nAI: This is an image. Assistant,") and ans.tool_calls == 1
     assert ans.text == "cat"
 
 
 def test_copied_template_placeholder_is_not_an_answer():
-    llm = ScriptedLLM([" No\nAI: [your response here]", " No\nAI: [your response here]", "cat"])
+    llm = FakeLLM([" No\nAI: [your response here]", " No\nAI: [your response here]", "cat"])
     ans = agent(VisualChatGPT, llm, max_steps=2).answer_batch([req()])[0]
     assert [s["kind"] for s in ans.trace["transcript"]] == ["malformed", "malformed", "forced_final"]
     assert ans.text == "cat" and ans.trace["budget_exhausted"]
@@ -457,7 +406,7 @@ def _in_order(text: str, markers: Sequence[str]) -> None:
 
 
 def test_visual_chatgpt_prompt_has_every_section_in_order():
-    llm = ScriptedLLM([" No\nAI: cat"])
+    llm = FakeLLM([" No\nAI: cat"])
     shots = (Shot("d1", "shot1", img("blue"), "Question: what colour? Short answer:", "blue"),)
     agent(VisualChatGPT, llm).answer_batch([req(shots=shots)])
     prompt = user_text(llm.calls[0][0][0])
@@ -497,7 +446,7 @@ def test_visual_chatgpt_prompt_has_every_section_in_order():
 
 
 def test_mm_react_prompt_has_every_section_in_order():
-    llm = ScriptedLLM([" cat"])
+    llm = FakeLLM([" cat"])
     agent(MMReact, llm).answer_batch([req()])
     prompt = user_text(llm.calls[0][0][0])
     _in_order(prompt, [
@@ -552,7 +501,7 @@ def test_mm_react_parser_on_multi_line_turns(generated, expected):
 
 
 def test_mm_react_multi_line_turn_in_the_loop_keeps_reasoning_and_answers_from_the_last_ai_line():
-    llm = ScriptedLLM([
+    llm = FakeLLM([
         f"AI: This image may contain text.\nAI: Assistant, what OCR text do you see in this image? {P0}",
         "The sign reads STOP.\nAI: stop",
     ])
@@ -580,7 +529,7 @@ def test_langchain_parse_rules_for_visual_chatgpt():
 
 def test_braces_in_the_request_are_text_not_template_slots():
     for cls, reply in ((VisualChatGPT, " No\nAI: cat"), (MMReact, " cat")):
-        llm = ScriptedLLM([reply])
+        llm = FakeLLM([reply])
         ans = agent(cls, llm).answer_batch([req(prompt="Is {input} or {agent_scratchpad} or {chat_history} shown?")])[0]
         assert "Is {input} or {agent_scratchpad} or {chat_history} shown?" in user_text(llm.calls[0][0][0])
         assert ans.text == "cat"

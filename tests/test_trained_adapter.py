@@ -13,8 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.backbones import Backbones
-from harness.config import ModelsConfig
 from harness.interface import Request, Shot
 from harness.models.llm import GenerationSettings
 from harness.training import FINAL_FILE, STATE_FILE, TrainOptions, batch_indices, lr_at
@@ -22,53 +20,19 @@ from paradigms.trained_adapter.data import CaptionPair
 from paradigms.trained_adapter.multimodal import Image as Img
 from paradigms.trained_adapter.multimodal import MultimodalLM, Target
 from paradigms.trained_adapter.paradigm import FlamingoAdapter, FrozenAdapter, PalmeAdapter, Blip2Adapter
-from tests.conftest import MemoEncoder, shared_data, tiny_llama_text_config
+from tests.support import adapter_backbones, fast_adapter_options, shared_data, skimage_image, tiny_llama_text_config
 
 GEN = GenerationSettings(max_new_tokens=8, stop=("\n",))
-
-
-def _skimage(name: str) -> Image.Image:
-    import skimage.data
-
-    arr = getattr(skimage.data, name)()
-    return Image.fromarray(arr).convert("RGB")
-
-
-# Captions written for these skimage photographs (no dataset ships captions for them).
-SKIMAGE_CAPTIONS = {
-    "astronaut": "an astronaut in a white suit smiling in front of a flag",
-    "coffee": "a cup of coffee on a saucer on a table",
-    "chelsea": "a ginger tabby cat looking up to the side",
-    "rocket": "a rocket standing on its launch pad under a blue sky",
-    "camera": "a black and white photo of a man with a camera on a tripod",
-    "coins": "old coins laid out in rows on a dark background",
-}
-
-
-@pytest.fixture(scope="module")
-def skimage_pairs() -> list[CaptionPair]:
-    return [CaptionPair(k, (lambda k=k: _skimage(k)), c) for k, c in SKIMAGE_CAPTIONS.items()]
-
-
-def _backbones(llm, cache: Path, encoder: MemoEncoder) -> Backbones:
-    bb = Backbones(ModelsConfig(), cache_dir=cache)
-    bb.__dict__["llm"] = llm  # the run's shared LLM (a tiny or packaged local model here)
-    bb.__dict__["vision_encoder"] = encoder
-    return bb
-
-
-def _fast(cls, **train):
-    return cls.Options(train=TrainOptions(**{"steps": 4, "batch_size": 3, "save_every": 2, **train}))
 
 
 # ----------------------------------------------------------------------------- Flamingo gate
 
 
 def test_flamingo_untrained_gates_leave_llm_outputs_unchanged(encoder, tiny_llm, tmp_path, skimage_pairs):
-    p = FlamingoAdapter(_backbones(tiny_llm, tmp_path, encoder), FlamingoAdapter.Options(), GEN)
+    p = FlamingoAdapter(adapter_backbones(tiny_llm, tmp_path, encoder), FlamingoAdapter.Options(), GEN)
     conn = p.new_connector().eval()
     mm = MultimodalLM(tiny_llm, conn)
-    feats = torch.stack([p._feature(k, _skimage(k)) for k in ("coffee", "rocket")])
+    feats = torch.stack([p._feature(k, skimage_image(k)) for k in ("coffee", "rocket")])
     rows = [
         ["A photo.", Img(0), "Caption:", Target(" a cup"), Img(1), "Caption:", Target(" a rocket")],
         [Img(1), "Question: what is it? Short answer:"],
@@ -102,8 +66,8 @@ def test_flamingo_untrained_gates_leave_llm_outputs_unchanged(encoder, tiny_llm,
 @pytest.mark.parametrize("cls", [FrozenAdapter, FlamingoAdapter, Blip2Adapter, PalmeAdapter])
 def test_training_keeps_llm_bit_identical_and_checkpoint_round_trips(encoder, cls, tiny_llm, tmp_path, skimage_pairs):
     before = {k: v.clone() for k, v in tiny_llm.model.state_dict().items()}
-    bb = _backbones(tiny_llm, tmp_path, encoder)
-    p = cls(bb, _fast(cls), GEN)
+    bb = adapter_backbones(tiny_llm, tmp_path, encoder)
+    p = cls(bb, fast_adapter_options(cls), GEN)
     result = p.prepare_with(skimage_pairs, progress=False)
     after = tiny_llm.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -111,17 +75,17 @@ def test_training_keeps_llm_bit_identical_and_checkpoint_round_trips(encoder, cl
     assert [s for s, _ in result.loss_curve] == [1, 2, 3, 4]
     assert (p.checkpoint_dir / FINAL_FILE).exists() and not (p.checkpoint_dir / STATE_FILE).exists()
 
-    q = cls(bb, _fast(cls), GEN)
+    q = cls(bb, fast_adapter_options(cls), GEN)
     loaded = q.prepare_with(skimage_pairs, on_step=_fail_if_called, progress=False)
     assert loaded.loss_curve == result.loss_curve
     a, b = p.mm.connector.state_dict(), q.mm.connector.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    req = Request("s", "chelsea", _skimage("chelsea"), "Write a caption.", kind="caption", max_new_tokens=6)
+    req = Request("s", "chelsea", skimage_image("chelsea"), "Write a caption.", kind="caption", max_new_tokens=6)
     ans_p, ans_q = p.answer_batch([req])[0], q.answer_batch([req])[0]
     assert ans_p.error is None and ans_p.text == ans_q.text
     assert ans_p.trainable_params == sum(t.numel() for t in q.mm.connector.parameters()) > 0
     # A different seed is a different adapter (the key covers the training options).
-    r = cls(bb, _fast(cls, seed=1), GEN)
+    r = cls(bb, fast_adapter_options(cls, seed=1), GEN)
     assert r.checkpoint_key(skimage_pairs) != q.checkpoint_key(skimage_pairs)
 
 
@@ -135,11 +99,11 @@ class _Crash(RuntimeError):
 
 @pytest.mark.parametrize("cls", [FrozenAdapter, FlamingoAdapter])
 def test_interrupted_training_resumes_to_the_same_weights(encoder, cls, tiny_llm, tmp_path, skimage_pairs):
-    opts = _fast(cls, steps=6, save_every=2, lr=3e-3)
-    full = cls(_backbones(tiny_llm, tmp_path / "a", encoder), opts, GEN)
+    opts = fast_adapter_options(cls, steps=6, save_every=2, lr=3e-3)
+    full = cls(adapter_backbones(tiny_llm, tmp_path / "a", encoder), opts, GEN)
     full_result = full.prepare_with(skimage_pairs, progress=False)
 
-    bb = _backbones(tiny_llm, tmp_path / "b", encoder)
+    bb = adapter_backbones(tiny_llm, tmp_path / "b", encoder)
 
     def crash(step: int, loss: float) -> None:
         if step == 3:
@@ -158,17 +122,17 @@ def test_interrupted_training_resumes_to_the_same_weights(encoder, cls, tiny_llm
 @pytest.mark.parametrize("cls", [FrozenAdapter, FlamingoAdapter])
 def test_untrained_baseline_is_the_seeded_initial_connector(encoder, cls, tiny_llm, tmp_path):
     """``train.steps: 0`` evaluates the connector as initialised: nothing trained, loaded or stored."""
-    bb = _backbones(tiny_llm, tmp_path, encoder)
-    untrained = cls(bb, _fast(cls, steps=0), GEN)
+    bb = adapter_backbones(tiny_llm, tmp_path, encoder)
+    untrained = cls(bb, fast_adapter_options(cls, steps=0), GEN)
     untrained.prepare()  # must not load or encode the (default) training data
     assert untrained.train_result.steps == 0 and untrained.train_result.loss_curve == []
     assert untrained.checkpoint_dir is None and not (tmp_path / "adapters").exists()
-    init = cls(bb, _fast(cls), GEN).new_connector().state_dict()
+    init = cls(bb, fast_adapter_options(cls), GEN).new_connector().state_dict()
     got = untrained.mm.connector.state_dict()
     assert all(torch.equal(init[k], got[k]) for k in init)
-    trained = cls(bb, _fast(cls), GEN)
+    trained = cls(bb, fast_adapter_options(cls), GEN)
     assert untrained.fingerprint() != trained.fingerprint()
-    req = Request("a", "rocket", _skimage("rocket"), "Write a short caption.", kind="caption", max_new_tokens=4)
+    req = Request("a", "rocket", skimage_image("rocket"), "Write a short caption.", kind="caption", max_new_tokens=4)
     ans = untrained.answer_batch([req])[0]
     assert ans.error is None and ans.trace["untrained"] is True and ans.trace["trained_steps"] == 0
     assert ans.trace["final_train_loss"] is None and ans.trainable_params > 0
@@ -198,17 +162,17 @@ def test_schedule_and_batches_are_functions_of_the_step():
 
 @pytest.mark.parametrize("cls", [FrozenAdapter, FlamingoAdapter])
 def test_answers_are_batch_invariant_and_bad_samples_fail_alone(encoder, cls, tiny_llm, tmp_path, skimage_pairs):
-    p = cls(_backbones(tiny_llm, tmp_path, encoder), _fast(cls), GEN)
+    p = cls(adapter_backbones(tiny_llm, tmp_path, encoder), fast_adapter_options(cls), GEN)
     p.prepare_with(skimage_pairs, progress=False)
     shots = tuple(
-        Shot(f"s{w}", k, _skimage(k), "This is a", w) for k, w in (("coffee", "dax"), ("chelsea", "blicket"))
+        Shot(f"s{w}", k, skimage_image(k), "This is a", w) for k, w in (("coffee", "dax"), ("chelsea", "blicket"))
     )
     reqs = [
-        Request("a", "rocket", _skimage("rocket"), "Write a short caption.", kind="caption", max_new_tokens=7),
-        Request("b", "coffee", _skimage("coffee"), "Question: what is on the table? Short answer:", max_new_tokens=4),
+        Request("a", "rocket", skimage_image("rocket"), "Write a short caption.", kind="caption", max_new_tokens=7),
+        Request("b", "coffee", skimage_image("coffee"), "Question: what is on the table? Short answer:", max_new_tokens=4),
         Request("c", "none", None, "Question: ?", max_new_tokens=4),
-        Request("d", "chelsea", _skimage("chelsea"), "This is a", shots=shots, kind="binding", max_new_tokens=3),
-        Request("e", "coffee", _skimage("coffee"), "Q: what?", kind="multiple_choice", choices=("cup", "rocket", "cat")),
+        Request("d", "chelsea", skimage_image("chelsea"), "This is a", shots=shots, kind="binding", max_new_tokens=3),
+        Request("e", "coffee", skimage_image("coffee"), "Q: what?", kind="multiple_choice", choices=("cup", "rocket", "cat")),
     ]
     together = p.answer_batch(reqs)
     alone = [p.answer_batch([r])[0] for r in reqs]
@@ -246,7 +210,7 @@ def test_short_training_on_real_captions_lowers_train_and_heldout_nll(encoder, s
     held = [p for g in groups[14:] for p in g]
     cls = FrozenAdapter
     opts = cls.Options(train=TrainOptions(steps=12, batch_size=4, lr=2e-3, save_every=100, warmup_steps=2))
-    p = cls(_backbones(smollm2, tmp_path, encoder), opts, GEN)
+    p = cls(adapter_backbones(smollm2, tmp_path, encoder), opts, GEN)
     untrained = MultimodalLM(smollm2, p.new_connector().eval())
     result = p.prepare_with(train_pairs, progress=False)
     assert len(result.loss_curve) == 12 and all(l == l for _, l in result.loss_curve)  # no NaN
@@ -308,9 +272,9 @@ def test_blip2_pretrained_loads_a_local_checkpoint_and_answers(tmp_path, smollm2
     folder = _save_tiny_blip2(tmp_path / "blip2", smollm2_dir)
     p = cls(None, cls.Options(model=str(folder)), GEN)
     reqs = [
-        Request("a", "chelsea", _skimage("chelsea"), "Question: what animal is it? Answer:", max_new_tokens=4),
+        Request("a", "chelsea", skimage_image("chelsea"), "Question: what animal is it? Answer:", max_new_tokens=4),
         Request("b", "none", None, "Question: ?"),
-        Request("c", "coffee", _skimage("coffee"), "Write a caption.", kind="caption", max_new_tokens=3),
+        Request("c", "coffee", skimage_image("coffee"), "Write a caption.", kind="caption", max_new_tokens=3),
     ]
     together = p.answer_batch(reqs)
     assert [a.text for a in together] == [p.answer_batch([r])[0].text for r in reqs]
@@ -335,14 +299,14 @@ def test_blip2_pretrained_without_weights_says_what_to_do(tmp_path):
 def test_an_overlong_request_fails_alone_and_its_neighbours_are_answered(encoder, tiny_llm, tmp_path):
     """A row longer than the LLM's positions fails only itself; the rest of its decode batch is
     answered as each would be alone (it used to fail the whole batch, with the same reason cached)."""
-    p = FrozenAdapter(_backbones(tiny_llm, tmp_path, encoder), _fast(FrozenAdapter, steps=0), GEN)
+    p = FrozenAdapter(adapter_backbones(tiny_llm, tmp_path, encoder), fast_adapter_options(FrozenAdapter, steps=0), GEN)
     p.prepare()  # the seeded untrained connector: answering is what is tested
     limit = p.mm.max_positions()
     reqs = [
-        Request("a", "rocket", _skimage("rocket"), "Write a short caption.", kind="caption", max_new_tokens=5),
-        Request("long", "coffee", _skimage("coffee"), "Describe: " + "and then " * limit, max_new_tokens=4),
-        Request("b", "coffee", _skimage("coffee"), "Question: what is on the table? Short answer:", max_new_tokens=4),
-        Request("e", "coffee", _skimage("coffee"), "Q: what?", kind="multiple_choice", choices=("cup", "rocket")),
+        Request("a", "rocket", skimage_image("rocket"), "Write a short caption.", kind="caption", max_new_tokens=5),
+        Request("long", "coffee", skimage_image("coffee"), "Describe: " + "and then " * limit, max_new_tokens=4),
+        Request("b", "coffee", skimage_image("coffee"), "Question: what is on the table? Short answer:", max_new_tokens=4),
+        Request("e", "coffee", skimage_image("coffee"), "Q: what?", kind="multiple_choice", choices=("cup", "rocket")),
     ]
     together = p.answer_batch(reqs)
     assert together[1].error == f"ValueError: sequence longer than the LLM's {limit} positions"

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from tests.test_report import report_store  # noqa: F401  (session fixture, built once)
 
 
 def _free_port() -> int:

@@ -18,7 +18,7 @@ from harness.config import format_validation_error
 from harness.interface import Request, Shot
 from harness.models.llm import GenerationSettings, ModelUnavailable
 from harness.registry import get_paradigm
-from tests.conftest import tiny_llama_text_config
+from tests.support import tiny_llama_text_config
 
 GEN = GenerationSettings(max_new_tokens=8, stop=("\n",))
 IMAGE_SEQ_LEN = 4  # (32 px / 8 px patches)^2 = 16 patches, pixel-shuffled by scale_factor 2 -> 4 tokens

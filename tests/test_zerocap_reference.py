@@ -5,7 +5,7 @@ The golden ``tests/golden/zerocap_reference.json`` holds what the authors' ``run
 unchanged) on a tiny random GPT-2 + CLIP rebuilt here from configs and a seed with the MAGIC
 comparison's builders: every final beam's token ids, its length-normalised score and the caption
 CLIP picked. How it was made: ``tests/golden/README.md``. No fetched code or downloaded weights are
-needed to run this test; :func:`tests.test_magic_reference.weights_digest` is recorded so a change
+needed to run this test; :func:`tests.guided_reference.weights_digest` is recorded so a change
 of weights fails as "weights differ", not as a search bug.
 """
 
@@ -18,8 +18,8 @@ from unittest import mock
 import pytest
 import torch
 
-import tests.test_magic_reference as magic_ref
-from tests.test_magic_reference import EOS, _Backbones, build_clip, load_tiny_backbones, skimage_images, weights_digest
+import tests.guided_reference as reference_models
+from tests.guided_reference import EOS, ReferenceBackbones, build_clip, load_tiny_backbones, skimage_images, weights_digest
 
 #: The authors hard-code 512 candidates (``top_size = 512`` in ``clip_loss``), so the GPT-2 needs
 #: more than 512 tokens: all 325 merges the builders' corpus allows (584 tokens) instead of 160.
@@ -58,8 +58,8 @@ ARG_TO_OPTION = {
 
 def build_gpt2(folder: Path) -> Path:
     """The MAGIC comparison's tiny GPT-2 with every merge its corpus allows (vocabulary > 512)."""
-    with mock.patch.object(magic_ref, "GPT2_MERGES", ZC_GPT2_MERGES):
-        return magic_ref.build_gpt2(folder)
+    with mock.patch.object(reference_models, "GPT2_MERGES", ZC_GPT2_MERGES):
+        return reference_models.build_gpt2(folder)
 
 
 def forbidden_ids(tokenizer) -> list[int]:  # noqa: ANN001
@@ -96,11 +96,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def backbones(tiny: tuple[Path, Path]) -> _Backbones:
+def backbones(tiny: tuple[Path, Path]) -> ReferenceBackbones:
     return load_tiny_backbones(*tiny)
 
 
-def run_mmbench(bb: _Backbones, setting: dict, names: tuple[str, ...] = IMAGES, **over: object) -> dict:
+def run_mmbench(bb: ReferenceBackbones, setting: dict, names: tuple[str, ...] = IMAGES, **over: object) -> dict:
     """Per image: (final beams' token ids, their length-normalised scores, the returned caption)."""
     from harness.interface import Request
     from harness.models.llm import GenerationSettings
@@ -117,7 +117,7 @@ def run_mmbench(bb: _Backbones, setting: dict, names: tuple[str, ...] = IMAGES, 
     return out
 
 
-def test_same_weights_and_prompt_as_the_golden(tiny: tuple[Path, Path], backbones: _Backbones, golden: dict) -> None:
+def test_same_weights_and_prompt_as_the_golden(tiny: tuple[Path, Path], backbones: ReferenceBackbones, golden: dict) -> None:
     g, c = tiny
     got = {"gpt2": weights_digest(g), "clip": weights_digest(c)}
     assert got == golden["weights"], (
@@ -132,7 +132,7 @@ def test_same_weights_and_prompt_as_the_golden(tiny: tuple[Path, Path], backbone
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=[s["name"] for s in SETTINGS])
-def test_zerocap_reproduces_authors_beams(backbones: _Backbones, golden: dict, setting: dict) -> None:
+def test_zerocap_reproduces_authors_beams(backbones: ReferenceBackbones, golden: dict, setting: dict) -> None:
     """Batched over the three images: the authors' final beams (ids, order, scores) and CLIP's pick."""
     got = run_mmbench(backbones, setting)
     runs = [r for r in golden["runs"] if r["setting"] == setting["name"]]
@@ -145,7 +145,7 @@ def test_zerocap_reproduces_authors_beams(backbones: _Backbones, golden: dict, s
         assert " ".join(text.split()) == " ".join(run["best"].split())
 
 
-def test_golden_is_sensitive_to_the_settings(backbones: _Backbones, golden: dict) -> None:
+def test_golden_is_sensitive_to_the_settings(backbones: ReferenceBackbones, golden: dict) -> None:
     """The comparison can fail: no context shift, the task-prompt convention, or no forbidden tokens differ."""
     want = {r["image"]: r["beams"] for r in golden["runs"] if r["setting"] == "small"}
     small = SETTINGS[0]

@@ -146,7 +146,8 @@ def _convert_packaged(name: str, cache_dir: Path) -> Path:
     return target
 
 
-def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """The torch dtype a config's ``dtype`` means on ``device`` ("auto": bfloat16 on CUDA, else float32)."""
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -231,7 +232,7 @@ class LanguageModel:
 
         fingerprint = llm_fingerprint(source, name, revision)
         device = resolve_device(device)
-        torch_dtype = _resolve_dtype(dtype, device)
+        torch_dtype = resolve_dtype(dtype, device)
         if trust_remote_code:
             warnings.warn(
                 f"trust_remote_code=True for {name!r}: code shipped with the model will run",
@@ -437,42 +438,10 @@ class LanguageModel:
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """Cut ``text`` at the earliest stop string; report whether one was found."""
-    best = None
-    for s in stop:
-        if not s:
-            continue
-        j = text.find(s)
-        if j >= 0 and (best is None or j < best):
-            best = j
+    """Cut ``text`` at the earliest stop string (empty ones ignored); report whether one was found.
+
+    Every decoder uses this one rule (local and served LLMs, guided decoding, adapters), so an answer
+    ends at the same place whichever paradigm produced it."""
+    best = min((j for j in (text.find(s) for s in stop if s) if j >= 0), default=None)
     return (text[:best], True) if best is not None else (text, False)
 
-
-def save_tiny_llm(folder: Path, *, vocab_from: Path | None = None, seed: int = 0) -> Path:
-    """Write a tiny random Llama model + tokenizer to ``folder`` (tests and dry runs; never a default).
-
-    The tokenizer is copied from ``vocab_from`` (a folder with a tokenizer) so text round-trips.
-    """
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(vocab_from) if vocab_from else None
-    vocab = len(tok) if tok is not None else 256
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=getattr(tok, "bos_token_id", None),
-        eos_token_id=getattr(tok, "eos_token_id", None),
-    )
-    model = LlamaForCausalLM(cfg)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    if tok is not None:
-        tok.save_pretrained(folder)
-    (folder / "mmbench_tiny.json").write_text(json.dumps({"seed": seed, "random_init": True}))
-    return folder

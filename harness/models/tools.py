@@ -165,10 +165,6 @@ class Faces:
         return f"{n} face{'s' if n > 1 else ''} ({where})"
 
 
-class ToolOutput(Protocol):
-    def to_text(self) -> str: ...
-
-
 # ----------------------------------------------------------------------------- tools
 
 
@@ -508,10 +504,6 @@ class ToolBox:
     def cache_stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(self._hits, self._misses, len(self._cache))
-
-    def clear_cache(self) -> None:
-        with self._lock:
-            self._cache.clear()
 
 
 def default_tools() -> list[Tool]:

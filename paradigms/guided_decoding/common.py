@@ -76,12 +76,6 @@ def eos_ids(llm: Any) -> set[int]:
     return ids
 
 
-def cut_answer(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """Cut ``text`` at the earliest stop string (the run's stop strings, "\\n" by default)."""
-    best = min((j for j in (text.find(s) for s in stop if s) if j >= 0), default=None)
-    return (text[:best], True) if best is not None else (text, False)
-
-
 class ImageEmbeddings:
     """Image embeddings of one ``answer_batch`` call, computed once per distinct ``image_id``."""
 

@@ -232,10 +232,10 @@ def base_llm_identity(backbones: Any) -> str:
     """
     cfg = getattr(getattr(backbones, "config", None), "llm", None)
     if cfg is not None:
-        from harness.models.llm import _resolve_dtype, llm_fingerprint, resolve_device
+        from harness.models.llm import resolve_dtype, llm_fingerprint, resolve_device
 
         device = resolve_device(cfg.device)
-        dtype = str(_resolve_dtype(cfg.dtype, device)).replace("torch.", "")
+        dtype = str(resolve_dtype(cfg.dtype, device)).replace("torch.", "")
         return f"{llm_fingerprint(cfg.source, cfg.name, cfg.revision)}:{dtype}:{device.split(':')[0]}"
     llm = backbones.llm
     dtype = str(next(llm.model.parameters()).dtype).replace("torch.", "")

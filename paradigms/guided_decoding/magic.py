@@ -16,7 +16,7 @@ from pydantic import Field
 from harness.chunking import answer_in_chunks
 from harness.config import Strict
 from harness.interface import Answer, Paradigm, Request, TrainingRecord
-from harness.models.llm import default_cache_dir
+from harness.models.llm import cut_at_stop, default_cache_dir
 from harness.registry import register_paradigm
 from paradigms.guided_decoding.common import (
     ImageEmbeddings,
@@ -24,7 +24,6 @@ from paradigms.guided_decoding.common import (
     PreparedPrompt,
     build_prompt,
     cosine_to_images,
-    cut_answer,
     encode_left_padded,
     eos_ids,
 )
@@ -198,7 +197,7 @@ class Magic(Paradigm):
             return scale * cosine_to_images(images[list(rows)], emb)
 
         def row_done(r: int, g: list[int]) -> bool:
-            return cut_answer(tok.decode(g, skip_special_tokens=True), stop)[1]
+            return cut_at_stop(tok.decode(g, skip_special_tokens=True), stop)[1]
 
         ids, mask = encode_left_padded(tok, [p.lm_prompt for p in prompts], lm.device)
         n_new = [o.max_new_tokens or r.max_new_tokens for r in reqs]
@@ -219,7 +218,7 @@ class Magic(Paradigm):
         out = []
         for b, (r, p) in enumerate(zip(reqs, prompts)):
             gen = res.ids[b][: n_new[b]]
-            body, _ = cut_answer(tok.decode(gen, skip_special_tokens=True), stop)
+            body, _ = cut_at_stop(tok.decode(gen, skip_special_tokens=True), stop)
             text = (p.answer_prefix + body).strip()
             out.append(
                 Answer(

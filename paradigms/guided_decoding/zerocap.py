@@ -11,6 +11,7 @@ from pydantic import Field
 from harness.chunking import answer_in_chunks
 from harness.config import Strict
 from harness.interface import Answer, Paradigm, Request
+from harness.models.llm import cut_at_stop
 from harness.registry import register_paradigm
 from paradigms.guided_decoding.common import (
     ImageEmbeddings,
@@ -18,7 +19,6 @@ from paradigms.guided_decoding.common import (
     TextEmbeddingMemo,
     build_prompt,
     cosine_to_images,
-    cut_answer,
     encode_left_padded,
     eos_ids,
 )
@@ -147,8 +147,8 @@ class ZeroCap(Paradigm):
         out = []
         for b, (r, p) in enumerate(zip(reqs, prompts)):
             gens = [g[: n_new[b]] for g in res.beams[b]]
-            beams = [cut_answer(tok.decode(g, skip_special_tokens=True), stop)[0] for g in gens]
-            scored = beams if skip_special else [cut_answer(tok.decode(g), stop)[0] for g in gens]
+            beams = [cut_at_stop(tok.decode(g, skip_special_tokens=True), stop)[0] for g in gens]
+            scored = beams if skip_special else [cut_at_stop(tok.decode(g), stop)[0] for g in gens]
             # The winner is the beam the scorer prefers (authors: CLIP over the continuations, prompt excluded).
             sims = cosine_to_images(img[b : b + 1], texts(scored)[None])[0]
             best = int(sims.argmax())

@@ -416,6 +416,3 @@ def is_placeholder(answer: str) -> bool:
     """An answer that copies a template slot such as ``[your response here]`` is no answer."""
     a = answer.strip()
     return bool(re.fullmatch(r"\[[^\]]*\]\.?", a)) or "your short answer" in a.lower()
-
-
-FORMATS: dict[str, type[PromptFormat]] = {"react": ReActFormat, "watchword": WatchwordFormat}

@@ -16,7 +16,7 @@ import torch
 from harness.chunking import answer_in_chunks
 from harness.config import Strict
 from harness.interface import Answer, Paradigm, Request, Timer
-from harness.models.llm import ModelUnavailable, _resolve_dtype, cut_at_stop, resolve_device
+from harness.models.llm import ModelUnavailable, resolve_dtype, cut_at_stop, resolve_device
 from harness.registry import register_paradigm
 
 
@@ -57,7 +57,7 @@ class Blip2Pretrained(Paradigm):
 
         o = self.options
         device = resolve_device(o.device)
-        dtype = _resolve_dtype(o.dtype, device)
+        dtype = resolve_dtype(o.dtype, device)
         kwargs = {"revision": o.revision} if o.revision else {}
         try:
             self.processor = Blip2Processor.from_pretrained(o.model, **kwargs)

@@ -486,6 +486,3 @@ def build_connector(
         return PalmePrefix(opts, feature_dim, d_model, emb_std)
     raise TypeError(f"unknown connector options {type(opts).__name__}")
 
-
-def count_trainable(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

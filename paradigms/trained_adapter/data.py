@@ -42,23 +42,9 @@ class TrainData(Strict):
 
 def load_caption_pairs(spec: TrainData) -> list[CaptionPair]:
     """Pairs from the task layer's dataset loader (``tasks.datasets``)."""
-    try:
-        from tasks.datasets import load_dataset  # type: ignore[attr-defined]
+    from tasks.datasets import load_dataset
 
-        ds = load_dataset(spec.loader, spec.split, dict(spec.options))
-    except ImportError:
-        import importlib
-
-        from tasks.datasets._registry import LOADERS
-
-        if spec.loader not in LOADERS:  # the package index may not import loaders yet
-            try:
-                importlib.import_module(f"tasks.datasets.{spec.loader}")
-            except ModuleNotFoundError:
-                pass
-        if spec.loader not in LOADERS:
-            raise ValueError(f"unknown dataset loader {spec.loader!r}; known: {sorted(LOADERS)}") from None
-        ds = LOADERS[spec.loader](spec.split, **dict(spec.options))
+    ds = load_dataset(spec.loader, spec.split, dict(spec.options))
     pairs: list[CaptionPair] = []
     samples = ds.samples[: spec.max_images] if spec.max_images else ds.samples
     for s in samples:

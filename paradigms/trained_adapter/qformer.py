@@ -26,13 +26,12 @@ it by name.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MaskMode = Literal["unimodal", "bidirectional", "causal"]
 MASK_MODES: tuple[str, ...] = ("unimodal", "bidirectional", "causal")
 
 #: Sizes of the packaged all-MiniLM-L6-v2 (checked again against its config.json when loading).

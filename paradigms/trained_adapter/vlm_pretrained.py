@@ -21,7 +21,7 @@ from pydantic import Field
 from harness.chunking import answer_in_chunks
 from harness.config import Strict
 from harness.interface import Answer, Paradigm, Request, Timer
-from harness.models.llm import ModelUnavailable, _resolve_dtype, cut_at_stop, llm_fingerprint, resolve_device
+from harness.models.llm import ModelUnavailable, resolve_dtype, cut_at_stop, llm_fingerprint, resolve_device
 from harness.registry import register_paradigm
 from paradigms.trained_adapter.blip2_pretrained import no_image
 
@@ -108,7 +108,7 @@ class VlmPretrained(Paradigm):
             kwargs["revision"] = rev
         try:
             processor = AutoProcessor.from_pretrained(name, **kwargs)
-            model = model_cls.from_pretrained(name, dtype=_resolve_dtype(o.dtype, device), **kwargs)
+            model = model_cls.from_pretrained(name, dtype=resolve_dtype(o.dtype, device), **kwargs)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelUnavailable(
                 f"option 'model': cannot load the {what} {o.model!r}: {exc}. Give a local folder "

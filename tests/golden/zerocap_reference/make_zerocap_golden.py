@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.test_magic_reference import EOS, build_clip, skimage_images, weights_digest  # noqa: E402
+from tests.guided_reference import EOS, build_clip, skimage_images, weights_digest  # noqa: E402
 from tests.test_zerocap_reference import IMAGES, SETTINGS, build_gpt2, forbidden_ids  # noqa: E402
 
 
