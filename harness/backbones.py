@@ -41,6 +41,7 @@ class Backbones:
             trust_remote_code=c.trust_remote_code,
             cache_dir=self.cache_dir,
             engine=c.engine,
+            device_map=c.device_map,
         )
 
     @cached_property

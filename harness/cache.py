@@ -43,8 +43,10 @@ CREATE TABLE IF NOT EXISTS memo (
 #: hoping a timer does. Sites: ``cache_write`` (inside the SQLite transaction, before COMMIT),
 #: ``mlflow`` (before each tracking call) and ``train_step`` (after each optimiser step of a
 #: connector training, and after its checkpoint when one is due), ``file_write`` / ``file_replaced``
-#: (in :func:`harness.atomic.atomic_path`, before / after the rename). Actions: ``kill`` (SIGKILL this
-#: process, the default), ``sigint`` (send SIGINT to this process, as Ctrl-C would) and ``raise``
+#: (in :func:`harness.atomic.atomic_path`, before / after the rename), ``answer_round`` (before each
+#: round of a multi-process run computes, :mod:`harness.distributed`). Actions: ``kill`` (SIGKILL this
+#: process, the default), ``sigint`` (send SIGINT to this process, as Ctrl-C would), ``stop`` (SIGSTOP:
+#: the process freezes like a hung machine until a test kills it) and ``raise``
 #: (raise ``ConnectionError`` at the n-th and every later visit: a tracking server that went away).
 #: Inert when unset.
 _fault_counts: dict[str, int] = {}
@@ -69,6 +71,8 @@ def fault_point(site: str) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
             elif action == "sigint":
                 os.kill(os.getpid(), signal.SIGINT)
+            elif action == "stop":
+                os.kill(os.getpid(), signal.SIGSTOP)
 
 
 class _DeferSigint:

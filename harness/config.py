@@ -43,6 +43,10 @@ class LLMSource(Strict):
     # decode_engine.py; Llama family), "hf" = transformers' generate(), "auto" = static on CUDA when
     # the architecture is supported, else hf.
     engine: Literal["auto", "hf", "static"] = "auto"
+    # "auto": accelerate spreads the model over every GPU this process sees (models larger than one GPU);
+    # checked against the process layout before compute (harness/placement.py). Placement only: not in
+    # the config hash or cache keys.
+    device_map: Literal["auto"] | None = None
 
 
 class ServedPrice(Strict):
@@ -226,11 +230,14 @@ class RunConfig(Strict):
         d = self.model_dump(mode="json")
         for k in ("results_dir", "tracking", "batch_size", "name"):
             d.pop(k, None)
+        d.get("models", {}).get("llm", {}).pop("device_map", None)  # where layers run, not what they compute
         if d.get("models", {}).get("llm", {}).get("engine") == "auto":
             d["models"]["llm"].pop("engine")  # the default: keeps hashes of older configs unchanged
         if d.get("models", {}).get("llm", {}).get("source") == "openai":
             for k in ServedLLMSource.NOT_IDENTITY:
                 d["models"]["llm"].pop(k, None)
+        for p in d.get("paradigms", []):
+            p.get("options", {}).pop("device_map", None)  # placement of a paradigm's own model (VLMs)
         for t in d.get("tasks", []):
             if not t.get("support_options"):
                 t.pop("support_options", None)  # added later: older configs keep their hash

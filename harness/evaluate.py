@@ -13,6 +13,8 @@ import yaml
 
 from harness.cache import ResultCache
 from harness.config import RunConfig
+from harness.distributed import Distributed
+from harness.placement import check_placement
 from harness.report import results_frame, results_table
 from harness.plan import Plan, plan_run
 from harness.runner import Runner
@@ -146,21 +148,6 @@ def _unit_tags(r: UnitResult) -> dict[str, str]:
     }
 
 
-def distributed_context() -> tuple[int, int]:
-    """(rank, world size) under torchrun / accelerate launch; initialises the process group."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def resource_usage(computed: int, model_seconds: float) -> dict[str, float | int | None]:
     """Peak memory of this process and model throughput, for the cost columns people compare."""
     import resource
@@ -190,24 +177,34 @@ def run_evaluation(
 ) -> RunOutcome:
     """Run ``plan``; ``retry_failed`` recomputes answers cached as failed (``mmbench run --retry-failed``)."""
     plan = plan or plan_run(config, paradigm_filter, task_filter)
-    rank, world = distributed_context()
+    check_placement(plan)  # device_map vs data-parallel ranks: refused before anything starts
+    dist = Distributed.from_env()
+    try:
+        return _run(config, plan, dist, tracking_uri, progress, retry_failed)
+    finally:
+        dist.close()
+
+
+def _run(config: RunConfig, plan: Plan, dist: Distributed, tracking_uri: str | None, progress: bool,
+         retry_failed: bool) -> RunOutcome:
+    rank, world = dist.rank, dist.world
     results_dir = Path(config.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
+        results_dir.mkdir(parents=True, exist_ok=True)
         from harness.models.llm import default_cache_dir
 
         remove_stale_temps(results_dir)
         remove_stale_temps(default_cache_dir())
     config_hash = config.config_hash()
-    cache = ResultCache(results_dir / "cache.sqlite")
     if rank != 0:
-        # Workers only compute their shard into the shared cache; rank 0 scores and logs.
-        runner = Runner(plan, cache=cache, progress=False, shard=(rank, world), retry_failed=retry_failed)
-        try:
+        # Workers compute their share of what rank 0's cache lacks and send it to rank 0, which alone
+        # caches, scores and logs: a worker writes nothing under the results folder (its memo of shot
+        # selections lives in memory for the run), so no file system is shared between ranks.
+        with ResultCache(":memory:") as memo:
+            runner = Runner(plan, cache=memo, progress=False, dist=dist, retry_failed=retry_failed)
             runner.run()
-        finally:
-            cache.close()
         return RunOutcome(config_hash, [], None, results_dir, "", loaded=tuple(runner.backbones.loaded()))
+    cache = ResultCache(results_dir / "cache.sqlite")
     try:
         tracker = Tracker(
             uri=tracking_uri or config.tracking.uri or default_tracking_uri(results_dir),
@@ -247,7 +244,7 @@ def run_evaluation(
 
         guard(f"logging training of {label!r}", log_training, tracker, parent, label, paradigm)
 
-    runner = Runner(plan, cache=cache, progress=progress, on_unit=log_unit, on_prepared=log_prepared, shard=(rank, world),
+    runner = Runner(plan, cache=cache, progress=progress, on_unit=log_unit, on_prepared=log_prepared, dist=dist,
                     retry_failed=retry_failed)
     repro = reproducibility(config, runner)
     repro["world_size"] = world

@@ -211,6 +211,9 @@ class Paradigm(ABC):
         # Whether one-time work in prepare() (training, adaptation) may draw progress bars; the
         # runner sets it from `mmbench run --no-progress`.
         self.progress = True
+        #: The folder of what ``prepare`` trained or converted (set by paradigms that train); with
+        #: several processes rank 0 sends it to the others (harness/distributed.py).
+        self.checkpoint_dir: Path | None = None
 
     @property
     def name(self) -> str:

@@ -23,6 +23,7 @@ from harness.backbones import Backbones
 from harness.cache import ResultCache
 from harness.interface import Answer, Paradigm, Request
 from harness.chunking import answer_in_chunks
+from harness.distributed import Distributed
 from harness.keys import KeyedSample, keyed_sample, paradigm_fingerprint
 from harness.models.llm import GenerationSettings
 from harness.plan import Plan, PlannedParadigm, Unit
@@ -47,7 +48,7 @@ class Runner:
         progress: bool = True,
         on_unit: Callable[[UnitResult], None] | None = None,
         on_prepared: Callable[[str, Paradigm], None] | None = None,
-        shard: tuple[int, int] = (0, 1),
+        dist: Distributed | None = None,
         retry_failed: bool = False,
     ) -> None:
         self.plan = plan
@@ -58,7 +59,7 @@ class Runner:
         self.progress = progress
         self.on_unit = on_unit
         self.on_prepared = on_prepared
-        self.shard = shard
+        self.dist = dist or Distributed()  # several processes/nodes: see harness/distributed.py
         self._instances: dict[str, Paradigm] = {}
         self._prepared: set[str] = set()  # labels of paradigms whose prepare() has run
         self._fingerprints: dict[str, str] | None = None
@@ -112,26 +113,17 @@ class Runner:
         """The whole batch in one call; if it raises, each sample alone (``harness.chunking``)."""
         return answer_in_chunks(requests, max(1, len(requests)), paradigm.answer_batch, what=paradigm.name)
 
-    def barrier(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-
     def _prepare_paradigm(self, unit: Unit) -> None:
         """Run the paradigm's one-time set-up (training, LM adaptation, conversions).
 
-        With several processes rank 0 goes first: what prepare() trains or converts is cached on
-        disk, so the other ranks then load it rather than repeating the work on the same files.
+        With several processes rank 0 goes first and sends the files it trained or converted (the
+        paradigm's ``checkpoint_dir``) to the other ranks, which then load them: every rank answers
+        with the same weights, and no shared file system is needed (``Distributed.prepare_in_order``).
         """
         paradigm = self.instance(unit.paradigm)
-        rank, world = self.shard
-        if world > 1 and rank != 0:
-            self.barrier()
         with self.watch("prepare_paradigm"):
-            paradigm.prepare()
-        if world > 1 and rank == 0:
-            self.barrier()
+            self.dist.prepare_in_order(paradigm.prepare, lambda: paradigm.checkpoint_dir,
+                                       Path(self.backbones.cache_dir), unit.paradigm.label)
         self._prepared.add(unit.paradigm.label)
         if self.on_prepared:
             self.on_prepared(unit.paradigm.label, paradigm)
@@ -139,56 +131,51 @@ class Runner:
     def run_unit(self, unit: Unit) -> UnitResult | None:
         started = time.time()
         keyed = self._keyed_samples(unit)
-        if self.shard[1] > 1:
-            self.barrier()  # all ranks see the same cache state, so "cached" means "before this run"
-        with self.watch("cache"):
-            found = self.cache.get_many([p.key for p in keyed])
-        if self.retry_failed:  # --retry-failed: cached failures count as missing and are recomputed
-            found = {k: v for k, v in found.items() if not v.get("error")}
-        missing = [p for p in keyed if p.key not in found]
-        rank, world = self.shard
-        if world > 1:
-            missing = [p for i, p in enumerate(missing) if int(p.key[:8], 16) % world == rank]
-        n_cached = len(keyed) - sum(1 for p in keyed if p.key not in found)
+        found: dict[str, dict[str, Any]] = {}
+        if self.dist.is_main:  # rank 0's cache decides what is missing; other ranks own no cache
+            with self.watch("cache"):
+                found = self.cache.get_many([p.key for p in keyed])
+            if self.retry_failed:  # --retry-failed: cached failures count as missing and are recomputed
+                found = {k: v for k, v in found.items() if not v.get("error")}
+        by_key = {p.key: p for p in keyed}
+        missing_keys = self.dist.agree_missing(unit.name, [p.key for p in keyed],
+                                               [p.key for p in keyed if p.key not in found] if self.dist.is_main else None)
+        missing = [by_key[k] for k in missing_keys]
+        n_cached = len(keyed) - len(missing)
         bar = progress_bar(len(keyed), n_cached, unit.name, self.progress)
-        computed = 0
-        if n_cached < len(keyed) and unit.paradigm.label not in self._prepared:
-            # Decided on what every rank sees (not on this rank's shard), so all ranks take part.
+        if missing and unit.paradigm.label not in self._prepared:
+            # Decided on rank 0's cache (not on this rank's share), so all ranks take part.
             self._prepare_paradigm(unit)
         if missing:
             paradigm = self.instance(unit.paradigm)
-            bs = self.config.batch_size
-            for start in range(0, len(missing), bs):
-                chunk = missing[start : start + bs]
-                with self.watch("load_inputs"):
-                    built = [build_request(unit.task.spec, p.sample, p.prompt, p.shots) for p in chunk]
-                reqs = [b for b in built if isinstance(b, Request)]
-                with self.watch("model"):
-                    answers = iter(self._answer(paradigm, reqs) if reqs else [])
-                results = [next(answers) if isinstance(b, Request) else b for b in built]
-                with self.watch("cache"):  # transient failures are reported, never cached
-                    self.cache.put_many(
-                        unit.name,
-                        [(p.key, p.sample.sample_id, a.to_dict()) for p, a in zip(chunk, results) if not a.transient],
-                    )
-                for p, a in zip(chunk, results):
-                    found[p.key] = {**a.to_dict(), "transient": True} if a.transient else a.to_dict()
-                computed += len(chunk)
-                bar.update(len(chunk))
+
+            def store(rows: list[list[Any]]) -> None:
+                """Rank 0: cache the round's answers of every rank (transient failures are reported, never cached)."""
+                with self.watch("cache"):
+                    self.cache.put_many(unit.name, [(k, by_key[k].sample.sample_id, a) for k, a, transient in rows
+                                                    if not transient])
+                for k, a, transient in rows:
+                    found[k] = {**a, "transient": True} if transient else a
+                bar.update(len(rows))
+
+            for start, stop in self.dist.rounds(len(missing), self.config.batch_size):
+                chunk = missing[start:stop]
+                self.dist.answer_round(lambda chunk=chunk: self._compute(unit, paradigm, chunk), store, unit.name)
         bar.close()
-        if world > 1:
-            # Every rank has written its shard; rank 0 reads the others' answers back and scores.
-            self.barrier()
-            if rank != 0:
-                return None
-            found = {**self.cache.get_many([p.key for p in keyed]), **found}
-            for p in keyed:  # another rank's transient failure: not cached, so not readable here
-                if p.key not in found:
-                    found[p.key] = {**Answer.retryable("transient failure on another rank (see its log)").to_dict(),
-                                    "transient": True}
-            computed = len(keyed) - n_cached  # by all ranks together
+        if not self.dist.is_main:
+            return None
         answers = [Answer.from_dict(found[p.key]) for p in keyed]
-        return self._finish_unit(unit, keyed, answers, computed, n_cached, started)
+        return self._finish_unit(unit, keyed, answers, len(missing), n_cached, started)
+
+    def _compute(self, unit: Unit, paradigm: Paradigm, chunk: list[KeyedSample]) -> list[list[Any]]:
+        """This rank's answers to ``chunk`` as rows ``[key, answer dict, transient]``."""
+        with self.watch("load_inputs"):
+            built = [build_request(unit.task.spec, p.sample, p.prompt, p.shots) for p in chunk]
+        reqs = [b for b in built if isinstance(b, Request)]
+        with self.watch("model"):
+            answers = iter(self._answer(paradigm, reqs) if reqs else [])
+        results = [next(answers) if isinstance(b, Request) else b for b in built]
+        return [[p.key, a.to_dict(), a.transient] for p, a in zip(chunk, results)]
 
     def _finish_unit(
         self, unit: Unit, keyed: list[KeyedSample], answers: list[Answer], computed: int, cached: int,

@@ -227,7 +227,9 @@ class LanguageModel:
         trust_remote_code: bool = False,
         cache_dir: Path | None = None,
         engine: str = "hf",
+        device_map: str | None = None,
     ) -> "LanguageModel":
+        """``device_map="auto"``: accelerate spreads the layers over the visible GPUs (see harness/placement.py)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         fingerprint = llm_fingerprint(source, name, revision)
@@ -251,11 +253,12 @@ class LanguageModel:
                 dtype=torch_dtype,
                 trust_remote_code=trust_remote_code,
                 use_safetensors=None,
+                **({"device_map": device_map} if device_map else {}),
                 **kwargs,
             )
         except OSError as exc:
             raise ModelUnavailable(f"cannot load LLM {name!r} ({source}): {exc}") from exc
-        return cls(model.to(device), tok, fingerprint, name, engine=engine)
+        return cls(model if device_map else model.to(device), tok, fingerprint, name, engine=engine)
 
     # --------------------------------------------------------------- prompting
     @property

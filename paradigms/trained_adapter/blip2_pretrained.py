@@ -30,6 +30,8 @@ class Blip2PretrainedOptions(Strict):
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
+    #: "auto": accelerate spreads the model over every GPU this process sees; placement only (not in the fingerprint).
+    device_map: Literal["auto"] | None = None
     #: BLIP-2's captioning prompt ("a photo of" in the paper); VQA uses the task's prompt.
     caption_prompt: str = "a photo of"
     batch_size: int = 8
@@ -61,14 +63,20 @@ class Blip2Pretrained(Paradigm):
         kwargs = {"revision": o.revision} if o.revision else {}
         try:
             self.processor = Blip2Processor.from_pretrained(o.model, **kwargs)
-            model = Blip2ForConditionalGeneration.from_pretrained(o.model, dtype=dtype, **kwargs)
+            placement = {"device_map": o.device_map} if o.device_map else {}
+            model = Blip2ForConditionalGeneration.from_pretrained(o.model, dtype=dtype, **placement, **kwargs)
         except OSError as exc:
             raise ModelUnavailable(
                 f"cannot load BLIP-2 {o.model!r}: {exc}. Give a local folder with a saved "
                 "Blip2ForConditionalGeneration + Blip2Processor, or a hub id on a machine with hub access."
             ) from exc
         self.processor.tokenizer.padding_side = "left"
-        self.model = model.to(device).eval()
+        self.model = (model if o.device_map else model.to(device)).eval()
+
+    def fingerprint(self) -> dict[str, Any]:
+        fp = super().fingerprint()
+        fp["options"].pop("device_map", None)  # where layers run, not what they compute: keys unchanged
+        return fp
 
     @property
     def trainable_params(self) -> int:

@@ -37,6 +37,9 @@ class VlmPretrainedOptions(Strict):
     model: str
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
+    #: "auto": accelerate spreads the model over every GPU this process sees (IDEFICS-80B and other models
+    #: larger than one GPU); placement only, so not part of the fingerprint (harness/placement.py).
+    device_map: Literal["auto"] | None = None
     #: Overrides the task's ``max_new_tokens`` when set.
     max_new_tokens: int | None = Field(None, ge=1, le=4096)
     #: Runs code from the checkpoint's repository; off unless the user opts in.
@@ -75,6 +78,7 @@ class VlmPretrained(Paradigm):
         """Options plus what identifies the weights (hub id@revision or a local folder digest)."""
         name, rev, local = self.options.source()
         fp = super().fingerprint()
+        fp["options"].pop("device_map", None)  # where layers run, not what they compute: keys unchanged
         fp["weights"] = llm_fingerprint("local" if local else "hub", name, rev)
         fp["dtype"] = self.options.dtype
         return fp
@@ -108,7 +112,8 @@ class VlmPretrained(Paradigm):
             kwargs["revision"] = rev
         try:
             processor = AutoProcessor.from_pretrained(name, **kwargs)
-            model = model_cls.from_pretrained(name, dtype=resolve_dtype(o.dtype, device), **kwargs)
+            placement = {"device_map": o.device_map} if o.device_map else {}
+            model = model_cls.from_pretrained(name, dtype=resolve_dtype(o.dtype, device), **placement, **kwargs)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelUnavailable(
                 f"option 'model': cannot load the {what} {o.model!r}: {exc}. Give a local folder "
@@ -130,7 +135,7 @@ class VlmPretrained(Paradigm):
         ids.update(vocab[t] for t in end_tokens if t in vocab)
         self._eos = sorted(ids)
         self.processor = processor
-        self.model = model.to(device).eval()
+        self.model = (model if self.options.device_map else model.to(device)).eval()
 
     def _messages(self, r: Request) -> tuple[list[dict[str, Any]], list[Any], int]:
         """Chat turns for one request: shots as earlier user/assistant turns, then the query.
