@@ -410,3 +410,44 @@ def test_adapt_language_model_resumes_a_killed_adaptation_and_cleans_up(tiny_llm
     for k, v in again.llm.model.state_dict().items():
         assert torch.equal(v, ref[k]), k
     assert sorted(p.name for p in directory.iterdir()) == ["adaptation.json", "model.safetensors"]
+
+
+_ADAPT_SCRIPT = """
+import sys
+from pathlib import Path
+from harness.models.llm import LanguageModel
+from paradigms.guided_decoding import lm_adaptation as la
+llm = LanguageModel.load("local", sys.argv[1], dtype="float32", device="cpu")
+o = la.AdaptationOptions(dataset="photos_caption", steps=6, save_every=2, batch_size=4, lr=1e-2, seed=0)
+la.adapt_language_model(llm, la.load_corpus(o), o, Path(sys.argv[2]), base_identity="tiny", progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_adaptation_sigkilled_at_the_training_fault_site_resumes_to_the_uninterrupted_weights(
+    tiny_llm, tiny_llm_dir, tmp_path
+) -> None:
+    """The adaptation trains in the shared loop, so the loop's fault site reaches it: a real process
+    SIGKILLed after step 5 (checkpoint at 4) resumes to the weights of a run never killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from harness.config import repo_root
+
+    o = AdaptationOptions(dataset="photos_caption", steps=6, save_every=2, batch_size=4, lr=1e-2, seed=0)
+    corpus = load_corpus(o)
+    full = adapt_language_model(tiny_llm, corpus, o, tmp_path / "full", base_identity="tiny", progress=False)
+    env = {**os.environ, "MMBENCH_FAULT": "train_step:5:kill", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _ADAPT_SCRIPT, str(tiny_llm_dir), str(tmp_path / "killed")],
+                          cwd=repo_root(), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    directory = tmp_path / "killed" / "lm_adaptation" / full.key
+    assert (directory / "train_state.safetensors").is_file() and la.read_sidecar(directory) is None
+    again = adapt_language_model(tiny_llm, corpus, o, tmp_path / "killed", base_identity="tiny", progress=False)
+    assert again.meta["resumed_from"] == 4 and again.trained_steps == 2
+    assert again.meta["loss_curve"] == full.meta["loss_curve"]
+    ref = full.llm.model.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in again.llm.model.state_dict().items())
+    assert sorted(p.name for p in directory.iterdir()) == ["adaptation.json", "model.safetensors"]
