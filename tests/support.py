@@ -137,3 +137,40 @@ def write_vqa_folder(root: Path, n: int = 4, answers: dict[int, str] | None = No
             for i in range(1, n + 1)]
     (root / "questions.json").write_text(json.dumps({"questions": qs, "data_subtype": "val2014"}))
     (root / "annotations.json").write_text(json.dumps({"annotations": anns}))
+
+
+#: image tokens per image of the tiny Idefics3 below
+IMAGE_SEQ_LEN = 4  # (32 px / 8 px patches)^2 = 16 patches, pixel-shuffled by scale_factor 2 -> 4 tokens
+#: The published Idefics3 chat template (HuggingFaceM4/Idefics3-8B-Llama3).
+IDEFICS3_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def save_tiny_idefics3(folder: Path, tokenizer_dir: Path) -> Path:
+    """A random Idefics3 (1-layer ViT + pixel-shuffle connector + 1-layer Llama), saved like a user's copy."""
+    from transformers import AutoTokenizer, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.add_special_tokens({"additional_special_tokens": ["<global-img>"]})  # the processor adds the others
+    ip = Idefics3ImageProcessorPil(
+        size={"longest_edge": 32}, max_image_size={"longest_edge": 32}, do_image_splitting=False
+    )
+    proc = Idefics3Processor(ip, tok, image_seq_len=IMAGE_SEQ_LEN, chat_template=IDEFICS3_TEMPLATE)
+    torch.manual_seed(0)
+    cfg = Idefics3Config(
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+        ),
+        text_config=tiny_llama_text_config(tok),
+        scale_factor=2,
+        image_token_id=proc.image_token_id,
+    )
+    Idefics3ForConditionalGeneration(cfg).save_pretrained(folder)
+    proc.save_pretrained(folder)
+    return folder

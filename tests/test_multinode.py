@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.test_resume import METRIC_COLS
+from tests.cli_runs import cached_answers, metrics_table
 
 pytestmark = pytest.mark.slow
 
@@ -122,19 +122,6 @@ def _answers(results: Path) -> dict[str, dict]:
     return out
 
 
-def _count(results: Path) -> int:
-    try:
-        with sqlite3.connect(results / "cache.sqlite", timeout=1) as c:
-            return c.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
-def _metrics(results: Path) -> pd.DataFrame:
-    csv = results / "runs" / "latest" / "results.csv"
-    return pd.read_csv(csv)[METRIC_COLS].sort_values(METRIC_COLS[:5]).reset_index(drop=True)
-
-
 def _single(cfg: Path, results: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *_args(cfg, results)], env=env, capture_output=True, text=True, timeout=600)
 
@@ -150,7 +137,7 @@ def test_two_nodes_with_their_own_folders_equal_one_process(tmp_path, tiny_llm_d
     assert [n.returncode for n in nodes] == [0, 0], errs[0][-3000:] + errs[1][-3000:]
 
     assert "samples computed: 12, read from cache: 0" in errs[0]
-    pd.testing.assert_frame_equal(_metrics(tmp_path / "single"), _metrics(tmp_path / "node0"))
+    pd.testing.assert_frame_equal(metrics_table(tmp_path / "single"), metrics_table(tmp_path / "node0"))
     mine, theirs = _answers(tmp_path / "single"), _answers(tmp_path / "node0")
     assert len(mine) == 12 and mine == theirs
     # node 1 wrote nothing to its results folder: rank 0 alone caches and logs
@@ -172,7 +159,7 @@ def test_a_killed_node_fails_the_job_clearly_and_one_process_resumes(tmp_path, t
     env1 = {**_env(tmp_path / "cache-node1"), "MMBENCH_FAULT": "answer_round:3:stop"}
     node1 = _node(1, port, cfg, tmp_path / "node1", env1)
     deadline = time.time() + 300
-    while _count(tmp_path / "node0") < 4 and time.time() < deadline and node0.poll() is None:
+    while cached_answers(tmp_path / "node0") < 4 and time.time() < deadline and node0.poll() is None:
         time.sleep(0.05)
     time.sleep(1.0)  # rank 0 is now blocked in the 3rd round's gather
     for pid in _process_tree(node1.pid):
@@ -181,7 +168,7 @@ def test_a_killed_node_fails_the_job_clearly_and_one_process_resumes(tmp_path, t
     err0 = node0.communicate(timeout=300)[1]
     if os.environ.get("MMBENCH_SHOW"):
         print(err0[-4000:])
-    before = _count(tmp_path / "node0")
+    before = cached_answers(tmp_path / "node0")
     assert node0.returncode != 0, err0[-3000:]
     assert before == 4, f"kill landed at {before}/{TOTAL}"
     assert "lost contact with the other ranks" in err0 and "run the same command again" in err0, err0[-3000:]
@@ -190,4 +177,4 @@ def test_a_killed_node_fails_the_job_clearly_and_one_process_resumes(tmp_path, t
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"samples computed: {TOTAL - before}, read from cache: {before}" in again.stderr
     assert _answers(tmp_path / "node0") == _answers(tmp_path / "single")  # nothing lost, nothing twice
-    pd.testing.assert_frame_equal(_metrics(tmp_path / "single"), _metrics(tmp_path / "node0"))
+    pd.testing.assert_frame_equal(metrics_table(tmp_path / "single"), metrics_table(tmp_path / "node0"))

@@ -56,9 +56,12 @@ def test_vlm_device_map_auto_is_loaded_by_accelerate_answers_identically_with_th
 
     from harness.models.llm import GenerationSettings
     from harness.registry import get_paradigm
-    from tests.test_vlm_pretrained import REQS, _save_tiny_idefics3
+    from harness.interface import Request
+    from tests.support import save_tiny_idefics3, skimage_image
 
-    folder = _save_tiny_idefics3(tmp_path / "idefics3", smollm2_dir)
+    folder = save_tiny_idefics3(tmp_path / "idefics3", smollm2_dir)
+    reqs = [Request("a", "chelsea", skimage_image("chelsea"), "Question: what animal is it? Answer:", max_new_tokens=5),
+            Request("c", "coffee", skimage_image("coffee"), "Write a short caption.", kind="caption", max_new_tokens=3)]
     cls = get_paradigm("trained_adapter/vlm_pretrained")
     gen = GenerationSettings(max_new_tokens=5, stop=("\n",))
     one = cls(None, cls.Options(model=str(folder), dtype="float32", device="cpu"), gen)
@@ -67,7 +70,7 @@ def test_vlm_device_map_auto_is_loaded_by_accelerate_answers_identically_with_th
     seen = _spy_from_pretrained(monkeypatch, AutoModelForImageTextToText)
     spread.prepare()
     assert seen[-1]["device_map"] == "auto"
-    assert [a.text for a in spread.answer_batch(REQS)] == [a.text for a in one.answer_batch(REQS)]
+    assert [a.text for a in spread.answer_batch(reqs)] == [a.text for a in one.answer_batch(reqs)]
     # placement is not identity: the answers share their cache keys
     assert spread.fingerprint() == cls(None, cls.Options(model=str(folder), dtype="float32"), gen).fingerprint()
 

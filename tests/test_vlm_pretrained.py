@@ -11,61 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from pydantic import ValidationError
 
 from harness.config import format_validation_error
 from harness.interface import Request, Shot
 from harness.models.llm import GenerationSettings, ModelUnavailable
 from harness.registry import get_paradigm
-from tests.support import tiny_llama_text_config
+from tests.support import IMAGE_SEQ_LEN, save_tiny_idefics3, tiny_llama_text_config
+from tests.support import skimage_image as _image
 
 GEN = GenerationSettings(max_new_tokens=8, stop=("\n",))
-IMAGE_SEQ_LEN = 4  # (32 px / 8 px patches)^2 = 16 patches, pixel-shuffled by scale_factor 2 -> 4 tokens
-#: The published Idefics3 chat template (HuggingFaceM4/Idefics3-8B-Llama3).
-TEMPLATE = (
-    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
-    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
-    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
-    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
-
-
-def _image(name: str) -> Image.Image:
-    import skimage.data
-
-    return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-
-
-def _save_tiny_idefics3(folder: Path, tokenizer_dir: Path) -> Path:
-    """A random Idefics3 (1-layer ViT + pixel-shuffle connector + 1-layer Llama), saved like a user's copy."""
-    from transformers import AutoTokenizer, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
-    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tok.add_special_tokens({"additional_special_tokens": ["<global-img>"]})  # the processor adds the others
-    ip = Idefics3ImageProcessorPil(
-        size={"longest_edge": 32}, max_image_size={"longest_edge": 32}, do_image_splitting=False
-    )
-    proc = Idefics3Processor(ip, tok, image_seq_len=IMAGE_SEQ_LEN, chat_template=TEMPLATE)
-    torch.manual_seed(0)
-    cfg = Idefics3Config(
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
-        ),
-        text_config=tiny_llama_text_config(tok),
-        scale_factor=2,
-        image_token_id=proc.image_token_id,
-    )
-    Idefics3ForConditionalGeneration(cfg).save_pretrained(folder)
-    proc.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def idefics3_dir(tmp_path_factory, smollm2_dir) -> Path:
-    return _save_tiny_idefics3(tmp_path_factory.mktemp("idefics3"), smollm2_dir)
+    return save_tiny_idefics3(tmp_path_factory.mktemp("idefics3"), smollm2_dir)
 
 
 @pytest.fixture(scope="module")
