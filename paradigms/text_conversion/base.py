@@ -53,7 +53,8 @@ class TextConversionOptions(Strict):
 
 @dataclass
 class LlmJob:
-    """What one sample asks of the LLM, and what the trace should show."""
+    """One sample's work for the LLM: the prompts to decode or the candidates to score, what came
+    back (generations, log-probabilities), and the trace and conversion costs its answer reports."""
 
     kind: str
     prompts: list[str]
