@@ -23,7 +23,8 @@ from harness.backbones import Backbones
 from harness.cache import ResultCache
 from harness.config import parse_config
 from harness.models.tools import TextLine, TextLines
-from harness.runner import Runner, plan_run
+from harness.plan import plan_run
+from harness.runner import Runner
 from tests.fakes import FakeLLM, ScriptedTools
 from tests.support import write_vqa_folder, write_vqa_image
 

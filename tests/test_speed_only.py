@@ -22,7 +22,8 @@ def test_every_speed_only_name_is_an_option_of_its_variant() -> None:
 @pytest.mark.slow
 def test_runs_differing_only_in_a_speed_only_option_share_the_cache(tmp_path, tiny_llm_dir) -> None:
     from harness.backbones import Backbones
-    from harness.runner import Runner, plan_run
+    from harness.plan import plan_run
+    from harness.runner import Runner
 
     def config(decode_batch_size: int, seed: int = 0):
         return parse_config({
