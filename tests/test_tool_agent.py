@@ -323,6 +323,7 @@ def test_batched_stepping_equals_one_by_one():
     assert batched[2].trace["budget_exhausted"] and not batched[0].trace["budget_exhausted"]
 
 
+@pytest.mark.slow
 def test_batch_invariance_with_a_real_tiny_llm(tiny_llm):
     reqs = [req(0), req(1, "blue", prompt="Write a short caption for this image.", kind="caption")]
     bb = make_backbones(tiny_llm)
