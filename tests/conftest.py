@@ -50,6 +50,25 @@ def encoder() -> MemoEncoder:
     return MemoEncoder(load_efficientnet_lite0())
 
 
+@pytest.fixture(scope="session")
+def default_backbone_fingerprints() -> dict[str, str]:
+    """The default models' backbone identities, computed once per session."""
+    from harness.backbones import Backbones
+    from harness.config import ModelsConfig
+
+    return Backbones(ModelsConfig()).fingerprints()
+
+
+@pytest.fixture()
+def pinned_fingerprints(default_backbone_fingerprints, monkeypatch) -> None:
+    """Every ``Backbones`` reports the default models' identities without recomputing them: hashing
+    the packaged tools' files takes seconds per Runner. Only for tests on the default models that
+    need the identities stable, not computed (runner and cache behaviour)."""
+    from harness.backbones import Backbones
+
+    monkeypatch.setattr(Backbones, "fingerprints", lambda self: dict(default_backbone_fingerprints))
+
+
 @pytest.fixture(scope="module")
 def skimage_pairs() -> list:
     """(id, image loader, caption) training pairs on six real skimage photographs."""

@@ -37,6 +37,7 @@ GEN = GenerationSettings(max_new_tokens=8, stop=("\n",))
 # ----------------------------------------------------------------------------- Frozen
 
 
+@pytest.mark.slow
 def test_frozen_trains_the_encoder_and_not_the_llm(encoder, tiny_llm, tmp_path, skimage_pairs):
     llm_before = {k: v.clone() for k, v in tiny_llm.model.state_dict().items()}
     shared_before = {k: v.clone() for k, v in encoder.model.state_dict().items()}

@@ -240,6 +240,7 @@ def _train(opts, pairs, feats, cache: Path, **kw) -> s1.Stage1Run:
 # ----------------------------------------------------------------------------- learning (real data)
 
 
+@pytest.mark.slow
 def test_each_stage1_loss_decreases_on_world_captions(world_pairs, world_feats, tmp_path):
     """40 steps of ITC + ITM + ITG on 48 world scenes. ITC and ITG drop far; ITM (≈ ln 2 at
     init) drops to about the class prior of its 1:2 positives (0.637) in this budget — it beats the
@@ -274,6 +275,7 @@ def test_each_stage1_loss_decreases_on_world_captions(world_pairs, world_feats, 
     assert rec["t2i_r1"] >= 3 / 16 and rec["i2t_r5"] >= 9 / 16, rec
 
 
+@pytest.mark.slow
 def test_itm_learns_to_match_images_and_texts(world_pairs, world_feats):
     """ITM alone on 4 world scenes: every caption is a positive with its own image and a (hard)
     negative with another, and every image likewise, so neither side alone can beat the class
@@ -305,6 +307,7 @@ def _fail_if_called(step: int, loss: float) -> None:
     raise AssertionError("a finished stage-1 checkpoint must be loaded, not retrained")
 
 
+@pytest.mark.slow
 def test_stage1_checkpoint_round_trips_and_is_reused(world_pairs, world_feats, tmp_path):
     pairs = world_pairs[:24]
     first = _train(_opts(), pairs, world_feats, tmp_path)
@@ -329,6 +332,7 @@ class _Crash(RuntimeError):
     pass
 
 
+@pytest.mark.slow
 def test_interrupted_stage1_resumes_to_the_same_weights(world_pairs, world_feats, tmp_path):
     pairs = world_pairs[:24]
     opts = _opts(steps=6, save_every=2)
@@ -348,6 +352,7 @@ def test_interrupted_stage1_resumes_to_the_same_weights(world_pairs, world_feats
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_full_text_vocabulary_trains_and_reads_words_the_captions_lack(world_pairs, world_feats, tmp_path):
     """``text_vocab: full`` keeps all of MiniLM's WordPiece ids (a word absent from the training
     captions is not [UNK]); ``train`` keeps only the captions' ids. Both train, under different keys."""
@@ -425,6 +430,7 @@ def test_legacy_blip2_options_keep_their_keys_and_weights():
         Blip2AdapterOptions(train={"steps": 0}, connector={"stage1": {"steps": 5}})
 
 
+@pytest.mark.slow
 def test_stage2_starts_from_stage1_and_keeps_the_llm_bit_identical(encoder, tiny_llm, tmp_path, world_pairs, monkeypatch):
     import paradigms.trained_adapter.paradigm as paradigm_mod
 
@@ -485,6 +491,7 @@ def test_stage2_starts_from_stage1_and_keeps_the_llm_bit_identical(encoder, tiny
 # ----------------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.slow
 def test_mmbench_train_blip2_with_stage1(tiny_llm_dir, tmp_path, monkeypatch):
     from click.testing import CliRunner
     from mlflow import MlflowClient

@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing as mp
 from pathlib import Path
 
+import pytest
+
 from harness.cache import ResultCache
 
 
@@ -18,6 +20,7 @@ def _open_and_write(path: str, rank: int, start: "mp.synchronize.Event", out: "m
         out.put((rank, repr(err)))
 
 
+@pytest.mark.slow
 def test_many_processes_open_a_fresh_cache_at_the_same_moment(tmp_path: Path) -> None:
     # fork starts the openers close enough together to hit the race (about one trial in ten
     # failed with 'database is locked' before the setup statements were retried).

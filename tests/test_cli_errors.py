@@ -67,6 +67,7 @@ def test_read_only_results_dir_for_run_and_report(tmp_path):
         ro.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_report_into_an_unwritable_place_is_a_message(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
@@ -84,6 +85,7 @@ def test_report_on_a_store_that_cannot_be_opened(tmp_path):
     assert code == 1 and "not an SQLite database" in out and "mv " in out
 
 
+@pytest.mark.slow
 def test_compare_with_unknown_run_ids(tmp_path):
     code, out = _cli("compare", "0123abcd", "4567ef01", "--results-dir", str(tmp_path / "r"))
     assert code == 1 and "no run with id '0123abcd'" in out

@@ -24,6 +24,7 @@ def _score(*args: str, stderr: list[str] | None = None) -> dict:
 
 
 @pytest.mark.skipif(find_java() is None, reason="java is not installed: the official PTB/METEOR path needs it")
+@pytest.mark.slow
 def test_score_captioning_json_equals_pycocoevalcap(tmp_path):
     s = json.loads((GOLDEN / "caption_golden.json").read_text())["synthetic"]
     ids = {k: n for n, k in enumerate(s["references"], start=1)}
@@ -41,6 +42,7 @@ def test_score_captioning_json_equals_pycocoevalcap(tmp_path):
     assert "SPICE" in out["unavailable"] and "SPICE" not in out  # never reported as 0
 
 
+@pytest.mark.slow
 def test_score_vqa_json_equals_official_evaluation(tmp_path):
     g = json.loads((GOLDEN / "vqa_golden.json").read_text())
     cases = g["cases"]

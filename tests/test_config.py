@@ -68,6 +68,7 @@ def _cli(tmp_path: Path, cfg: dict) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_typo_in_key_exits_nonzero_before_loading_models(tmp_path):
     r = _cli(tmp_path, {**BASE, "genration": {}})
     assert r.returncode != 0
@@ -75,6 +76,7 @@ def test_cli_typo_in_key_exits_nonzero_before_loading_models(tmp_path):
     assert not (tmp_path / "r").exists()  # nothing was started
 
 
+@pytest.mark.slow
 def test_cli_typo_in_paradigm_lists_choices(tmp_path):
     r = _cli(tmp_path, {**BASE, "paradigms": [{"name": "text_conversion/pika"}]})
     assert r.returncode != 0
@@ -82,12 +84,14 @@ def test_cli_typo_in_paradigm_lists_choices(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_cli_unknown_paradigm_option_names_valid_options(tmp_path):
     r = _cli(tmp_path, {**BASE, "paradigms": [{"name": "text_conversion/pica", "options": {"n_ensembel": 2}}]})
     assert r.returncode != 0
     assert "paradigms[0].options.n_ensembel" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_unknown_task_lists_choices(tmp_path):
     r = _cli(tmp_path, {**BASE, "tasks": [{"name": "mmbench"}]})
     assert r.returncode != 0

@@ -20,6 +20,8 @@ from harness.runner import Runner
 from tests.fakes import Recorder, RecorderOptions
 from tests.support import write_vqa_folder, write_vqa_image
 
+pytestmark = pytest.mark.usefixtures("pinned_fingerprints")  # the runner's caching is under test, not identities
+
 
 def _run(root: Path, results: Path, *, retry_failed: bool = False) -> tuple[list[str], dict[str, Any], Any]:
     cfg = parse_config({

@@ -126,6 +126,7 @@ def _lm(folder, engine):
     return LanguageModel.load("local", str(folder), dtype="float32", device="cpu", engine=engine)
 
 
+@pytest.mark.slow
 def test_language_model_reports_identical_generations_with_either_engine(tiny_llm_dir):
     hf, static = _lm(tiny_llm_dir, "hf"), _lm(tiny_llm_dir, "static")
     assert (hf.engine, static.engine) == ("hf", "static")
@@ -143,6 +144,7 @@ def test_language_model_reports_identical_generations_with_either_engine(tiny_ll
     assert any(g.finished and g.tokens_out < 24 for g in cut)
 
 
+@pytest.mark.slow
 def test_packaged_smollm2_engine_equals_generate(smollm2_dir):
     hf, static = _lm(smollm2_dir, "hf"), _lm(smollm2_dir, "static")
     prompts = [hf.chat_prompt(q) for q in ("Describe a kitchen.", "What colour is the sky?")]
@@ -170,6 +172,7 @@ def test_sampling_is_seeded_per_prompt_and_independent_of_batching(tiny_llm_dir)
     assert other != together  # the run seed changes the samples
 
 
+@pytest.mark.slow
 def test_static_engine_whose_first_batch_differs_falls_back_to_generate(tiny_llm_dir, caplog):
     hf, static = _lm(tiny_llm_dir, "hf"), _lm(tiny_llm_dir, "static")
     real = static._decoder.generate
@@ -204,6 +207,7 @@ def test_static_engine_on_unsupported_model_is_a_clear_error(tmp_path):
     assert LanguageModel(model, _Tok(), "fp", "gpt2", engine="auto").engine == "hf"
 
 
+@pytest.mark.slow
 def test_engine_key_and_hash(tmp_path):
     from harness.backbones import Backbones
 
@@ -220,6 +224,7 @@ def test_engine_key_and_hash(tmp_path):
         RunConfig.model_validate({**minimal, "models": {"llm": {"engine": "vllm"}}})
 
 
+@pytest.mark.slow
 def test_engine_keeps_a_bounded_number_of_shapes_and_stays_correct_when_reusing_them():
     model = _model("llama")
     ids, att = _batch()

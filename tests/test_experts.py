@@ -189,6 +189,7 @@ def _run(cfg_dict: dict, tmp_path: Path, backbones=None):  # noqa: ANN001, ANN20
         return Runner(plan_run(cfg), cache=cache, backbones=bb, progress=False).run(), bb
 
 
+@pytest.mark.slow
 def test_oracle_in_a_run_withholds_each_samples_references(tmp_path, tiny_llm_dir):
     llm = {"source": "local", "name": str(tiny_llm_dir), "device": "cpu", "dtype": "float32"}
     base = {"seed": 0, "limit": 3, "bootstrap": 10, "generation": {"max_new_tokens": 3},
@@ -207,6 +208,7 @@ def test_oracle_in_a_run_withholds_each_samples_references(tmp_path, tiny_llm_di
 
 
 # -------------------------------------------------------------- both agents, both converters
+@pytest.mark.slow
 def test_both_agents_and_both_converters_read_the_same_experts(tmp_path, tiny_llm_dir, folders):
     llm = {"source": "local", "name": str(tiny_llm_dir), "device": "cpu", "dtype": "float32"}
     agent_opts = {"max_steps": 1, "step_tokens": 8, "force_first_tool": True}

@@ -60,6 +60,7 @@ def _paradigm(folder: Path, fmt: str = "instruct"):
     return cls(None, cls.Options(model=str(folder), dtype="float32", device="cpu", format=fmt, batch_size=2), GEN)
 
 
+@pytest.mark.slow
 def test_answers_with_shots_as_earlier_image_text_chunks(idefics_dir, monkeypatch):
     p = _paradigm(idefics_dir)
     p.prepare()

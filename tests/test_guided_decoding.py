@@ -191,6 +191,7 @@ def test_zerocap_defaults_are_published() -> None:
 
 
 # ----------------------------------------------------------------------------- real models
+@pytest.mark.slow
 def test_magic_real_smollm2_offline_scorer_caption(smollm2) -> None:
     from tests.support import shared_data
 

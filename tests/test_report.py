@@ -8,6 +8,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
+@pytest.mark.slow
 def test_report_writes_html_markdown_and_csv(report_store):
     out = report_store["out"]
     for name in ("report.html", "report.md", "leaderboard.csv", "fewshot.csv", "cost.csv", "failures.csv",
@@ -19,6 +20,7 @@ def test_report_writes_html_markdown_and_csv(report_store):
     assert "report.html" in report_store["cli_output"]
 
 
+@pytest.mark.slow
 def test_latest_parent_run_wins_only_for_the_same_setup(report_store):
     """The cached rerun with LLM A supersedes the first run; LLM B's run is a setup of its own."""
     from harness.leaderboard.collect import load_store
@@ -33,6 +35,7 @@ def test_latest_parent_run_wins_only_for_the_same_setup(report_store):
     assert all(u.params["task_fingerprint"] and u.backbones["experts"] == "objects=packaged" for u in store.units)
 
 
+@pytest.mark.slow
 def test_runs_option_selects_parent_runs(report_store, tmp_path):
     from harness.leaderboard.cli import report_cmd
 
@@ -48,6 +51,7 @@ def test_runs_option_selects_parent_runs(report_store, tmp_path):
     assert bad.exit_code != 0 and "no parent run 'no-such-run'" in bad.output
 
 
+@pytest.mark.slow
 def test_two_llms_side_by_side_and_in_the_scaling_view(report_store):
     a, b = report_store["llm_a"], report_store["llm_b"]
     rows = list(csv.DictReader((report_store["out"] / "leaderboard.csv").open(encoding="utf-8")))
@@ -64,6 +68,7 @@ def test_two_llms_side_by_side_and_in_the_scaling_view(report_store):
     assert f"| paradigm | {a} | {b} |" in md or f"| paradigm | {b} | {a} |" in md
 
 
+@pytest.mark.slow
 def test_leaderboard_csv_has_setups_cis_and_honest_significance(report_store):
     rows = list(csv.DictReader((report_store["out"] / "leaderboard.csv").open(encoding="utf-8")))
     assert {"ci_low", "ci_high", "best", "p_value", "p_holm", "mark", "n_pairs", "gap_to_next", "llm", "experts"} <= set(rows[0])
@@ -80,6 +85,7 @@ def test_leaderboard_csv_has_setups_cis_and_honest_significance(report_store):
     assert "perAnswerType/other [95% CI]" in md
 
 
+@pytest.mark.slow
 def test_icl_summary_pairs_k_shot_with_zero_shot(report_store):
     rows = list(csv.DictReader((report_store["out"] / "icl_gain.csv").open(encoding="utf-8")))
     vqa = [r for r in rows if r["task"] == "world_vqa"]
@@ -92,6 +98,7 @@ def test_icl_summary_pairs_k_shot_with_zero_shot(report_store):
     assert "In-context learning: k-shot gain over 0-shot" in md and "too few samples to tell" in md
 
 
+@pytest.mark.slow
 def test_markdown_tables_and_published_numbers_are_separate(report_store):
     md = (report_store["out"] / "report.md").read_text(encoding="utf-8")
     assert "## Leaderboard: caption" in md and "## Leaderboard: vqa" in md and "## Leaderboard: binding" in md
@@ -113,6 +120,7 @@ def test_markdown_tables_and_published_numbers_are_separate(report_store):
     assert "No money column" in md
 
 
+@pytest.mark.slow
 def test_html_is_self_contained(report_store):
     html = (report_store["out"] / "report.html").read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
@@ -122,6 +130,7 @@ def test_html_is_self_contained(report_store):
     assert 'class="published"' in html and "NOT measured by mmbench" in html
 
 
+@pytest.mark.slow
 def test_parent_run_has_summary_metrics_and_nested_runs_real_durations(report_store):
     from mlflow import MlflowClient
 
@@ -197,6 +206,7 @@ def test_oracle_runs_are_detected_and_their_gap_shown():
     assert len(gaps) == 1 and gaps[0]["gap"] == pytest.approx(70.0)
 
 
+@pytest.mark.slow
 def test_report_on_missing_experiment_fails_cleanly(report_store, tmp_path):
     from harness.leaderboard.cli import report_cmd
 
@@ -205,6 +215,7 @@ def test_report_on_missing_experiment_fails_cleanly(report_store, tmp_path):
     assert res.exit_code != 0 and "no MLflow experiment 'nope'" in res.output
 
 
+@pytest.mark.slow
 def test_compare_two_paradigms_with_the_paired_test(report_store):
     """`mmbench compare` on two nested runs of the same task: the report's test on the report's scale."""
     from mlflow import MlflowClient

@@ -64,7 +64,8 @@ def _pick(driver, select_id: str, text: str) -> None:  # noqa: ANN001
     Select(driver.find_element("id", select_id)).select_by_visible_text(text)
 
 
-def test_report_renders_sorts_and_explains_answers(browser, report_store):  # noqa: F811
+@pytest.mark.slow
+def test_report_renders_sorts_and_explains_answers(browser, report_store):
     from selenium.webdriver.common.by import By
 
     out = report_store["out"]
@@ -137,6 +138,7 @@ def test_report_renders_sorts_and_explains_answers(browser, report_store):  # no
     assert _console_errors(browser) == []
 
 
+@pytest.mark.slow
 def test_hostile_store_strings_render_as_text(browser, tmp_path):
     """A crafted store (predictions, task kind, task and paradigm names) runs no script in Chromium."""
     from click.testing import CliRunner

@@ -78,6 +78,7 @@ def _top(out: Path, task: str) -> dict[str, str]:
     return next(r for r in rows if r["task"] == task and r["next_best"])
 
 
+@pytest.mark.slow
 def test_n3_gets_no_star(stores, tmp_path):
     from tasks.metrics import paired_bootstrap
 
@@ -95,6 +96,7 @@ def test_n3_gets_no_star(stores, tmp_path):
     assert paired_bootstrap([100.0] * 3, [0.0] * 3, n_boot=2000).p_value < 0.05
 
 
+@pytest.mark.slow
 def test_n200_star_only_where_the_gap_is_real(stores, tmp_path):
     out = _report(stores["n200"], tmp_path / "r")
     clear, close = _top(out, "clear"), _top(out, "close")
@@ -105,6 +107,7 @@ def test_n200_star_only_where_the_gap_is_real(stores, tmp_path):
     assert float(clear["diff_ci_low"]) > 0
 
 
+@pytest.mark.slow
 def test_compare_uses_the_same_test_and_the_tables_scale(tmp_path):
     from mlflow import MlflowClient
 
@@ -128,6 +131,7 @@ def test_compare_uses_the_same_test_and_the_tables_scale(tmp_path):
     assert float(top["value"]) == pytest.approx(22.58333, abs=1e-3) and float(top["p_value"]) == pytest.approx(0.25)
 
 
+@pytest.mark.slow
 def test_ties_are_decided_on_full_precision(tmp_path):
     """0.01 and 0.04 both print as "0.0" at one decimal: the best gets bold and enough digits to show it."""
     results = tmp_path / "res"
@@ -139,6 +143,7 @@ def test_ties_are_decided_on_full_precision(tmp_path):
     assert "| p/b | 0.01 [0.01, 0.01] |" in md
 
 
+@pytest.mark.slow
 def test_money_column_only_when_a_price_based_cost_was_logged(tmp_path):
     results = tmp_path / "res"
     log_units(results, [Unit("p/served", "t", [100.0, 0.0], metrics={"money_mean": 0.0025}),
@@ -150,6 +155,7 @@ def test_money_column_only_when_a_price_based_cost_was_logged(tmp_path):
     assert "money_per_sample" not in (_report(plain, tmp_path / "r2") / "cost.csv").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_scaling_view_orders_llms_by_size_and_keeps_every_paradigm(tmp_path):
     results = tmp_path / "res"
     units = [Unit(p, "t", [100.0 * (i % 2), 0.0, 100.0], llm=f"/models/SmolLM2-{size}-Instruct")

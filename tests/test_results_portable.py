@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from harness.config import ParadigmSpec, parse_config
 from harness.evaluate import run_evaluation
@@ -18,6 +19,8 @@ from tests.fakes import Recorder, RecorderOptions
 from tests.support import write_vqa_folder, write_vqa_image
 
 SECRET = "s3cr3t-token"
+
+pytestmark = pytest.mark.usefixtures("pinned_fingerprints")  # default models: identities need only be stable
 
 
 def _run(root: Path, results: Path, *, limit: int | None = None, tracking_uri: str | None = None):
@@ -42,6 +45,7 @@ def _dataset(tmp: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_each_run_has_its_own_folder_and_latest_points_at_the_newest(tmp_path):
     root, results = _dataset(tmp_path), tmp_path / "r"
     full = _run(root, results)
@@ -52,6 +56,7 @@ def test_each_run_has_its_own_folder_and_latest_points_at_the_newest(tmp_path):
     assert (results / "runs" / "latest").resolve() == small.summary_dir.resolve()
 
 
+@pytest.mark.slow
 def test_a_copied_then_moved_results_folder_reports_every_prediction_and_writes_into_itself(tmp_path):
     from harness.leaderboard.collect import load_store
 
@@ -75,6 +80,7 @@ def test_a_copied_then_moved_results_folder_reports_every_prediction_and_writes_
         [p for p in original_files if p.name == "predictions.jsonl"])
 
 
+@pytest.mark.slow
 def test_no_credential_of_a_tracking_uri_reaches_any_output_file(tmp_path):
     root, results = _dataset(tmp_path), tmp_path / "r"
     _run(root, results)

@@ -41,17 +41,8 @@ def _honest(prompt: str) -> str:
     return " grey\nQuestion: next"
 
 
-@pytest.fixture(scope="module")
-def fingerprints() -> dict[str, str]:
-    """The backbones' identities, computed once: hashing the packaged tools' files takes seconds per
-    run, and they cannot change within the module."""
-    return Backbones(parse_config({"name": "fp", "paradigms": [{"name": "text_conversion/pica"}],
-                                   "tasks": [{"name": "world_vqa"}]}).models).fingerprints()
-
-
 @pytest.fixture()
-def vqa(tmp_path: Path, fingerprints: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(Backbones, "fingerprints", lambda self: dict(fingerprints))
+def vqa(tmp_path: Path, pinned_fingerprints: None) -> Path:
     root = tmp_path / "vqa"
     write_vqa_folder(root, n=N)
     for i in range(1, N + 1):

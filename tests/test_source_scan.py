@@ -4,6 +4,7 @@ trust_remote_code. The scan resolves import aliases, and the second test proves 
 
 from __future__ import annotations
 
+import pytest
 from pathlib import Path
 
 from harness.config import repo_root
@@ -19,6 +20,7 @@ def _sources() -> list[Path]:
     return sorted(p for p in ROOT.rglob("*.py") if not (set(p.relative_to(ROOT).parts) & skip))
 
 
+@pytest.mark.slow
 def test_all_python_in_the_repository_is_free_of_code_execution_hazards():
     paths = _sources()
     dirs = {p.relative_to(ROOT).parts[0] for p in paths}

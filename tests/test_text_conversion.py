@@ -217,6 +217,7 @@ def test_split_mode_gives_disjoint_chunks_like_pica() -> None:
     assert [[s.sample_id for s in ss] for ss in sets] == [["s0", "s1"], ["s2", "s3"], ["s4", "s5"]]
 
 
+@pytest.mark.slow
 def test_ensemble_choice_agrees_with_the_real_model_logprobs(tiny_llm) -> None:
     shots = tuple(Shot(f"s{i}", f"i{i}", blank(), f"What is {i}?", f"thing{i}") for i in range(3))
     par = make("pica", Holder(tiny_llm, ScriptedTools(street_outputs())), n_ensemble=3, ensemble_mode="permute")
@@ -308,6 +309,7 @@ def photos() -> dict[str, Image.Image]:
     return {n: Image.fromarray(getattr(skdata, n)()).convert("RGB") for n in ("astronaut", "coffee", "chelsea")}
 
 
+@pytest.mark.slow
 def test_batch_equals_one_by_one_with_smollm2(smollm2, photos) -> None:
     from harness.models.tools import ToolBox
 

@@ -335,6 +335,7 @@ def test_batched_stepping_equals_one_by_one():
     assert [a.budget_exhausted for a in batched] == [False, False, True]
 
 
+@pytest.mark.slow
 def test_batch_invariance_with_a_real_tiny_llm(tiny_llm):
     reqs = [req(0), req(1, "blue", prompt="Write a short caption for this image.", kind="caption")]
     bb = make_backbones(tiny_llm)

@@ -64,6 +64,7 @@ def test_flamingo_untrained_gates_leave_llm_outputs_unchanged(encoder, tiny_llm,
 
 
 @pytest.mark.parametrize("cls", [FrozenAdapter, FlamingoAdapter, Blip2Adapter, PalmeAdapter])
+@pytest.mark.slow
 def test_training_keeps_llm_bit_identical_and_checkpoint_round_trips(encoder, cls, tiny_llm, tmp_path, skimage_pairs):
     before = {k: v.clone() for k, v in tiny_llm.model.state_dict().items()}
     bb = adapter_backbones(tiny_llm, tmp_path, encoder)
@@ -98,6 +99,7 @@ class _Crash(RuntimeError):
 
 
 @pytest.mark.parametrize("cls", [FrozenAdapter, FlamingoAdapter])
+@pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_weights(encoder, cls, tiny_llm, tmp_path, skimage_pairs):
     opts = fast_adapter_options(cls, steps=6, save_every=2, lr=3e-3)
     full = cls(adapter_backbones(tiny_llm, tmp_path / "a", encoder), opts, GEN)
@@ -161,6 +163,7 @@ def test_schedule_and_batches_are_functions_of_the_step():
 
 
 @pytest.mark.parametrize("cls", [FrozenAdapter, FlamingoAdapter])
+@pytest.mark.slow
 def test_answers_are_batch_invariant_and_bad_samples_fail_alone(encoder, cls, tiny_llm, tmp_path, skimage_pairs):
     p = cls(adapter_backbones(tiny_llm, tmp_path, encoder), fast_adapter_options(cls), GEN)
     p.prepare_with(skimage_pairs, progress=False)
@@ -204,6 +207,7 @@ def _flickr_pairs(n_images: int) -> list[list[CaptionPair]]:
     return [[CaptionPair(n, (lambda n=n: load(n)), c) for c in by_image[n]] for n in names]
 
 
+@pytest.mark.slow
 def test_short_training_on_real_captions_lowers_train_and_heldout_nll(encoder, smollm2, tmp_path):
     groups = _flickr_pairs(20)
     train_pairs = [p for g in groups[:14] for p in g]

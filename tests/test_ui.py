@@ -30,7 +30,8 @@ def _call(base: str, path: str, body: dict[str, Any] | None = None) -> dict[str,
         return json.loads(resp.read())
 
 
-def test_ui_serves_runs_lined_up_for_compare(report_store):  # noqa: F811
+@pytest.mark.slow
+def test_ui_serves_runs_lined_up_for_compare(report_store):
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-c", "from harness.cli import main; main()", "ui",
