@@ -193,9 +193,6 @@ class Distributed:
             dist.all_gather(bufs, mine)
         return [json.loads(bytes(b[:L].cpu().numpy().tobytes()).decode()) for b, L in zip(bufs, lengths)]
 
-    def barrier(self, what: str = "waiting for the other ranks") -> None:
-        self.all_gather_json(None, what)
-
     # ------------------------------------------------------- the runner's calls
     def agree_missing(self, unit: str, planned: Sequence[str], missing: Sequence[str] | None) -> list[str]:
         """Rank 0's ``missing`` keys on every rank, after checking that every rank planned the same keys.
