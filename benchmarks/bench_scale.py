@@ -98,6 +98,7 @@ def main() -> None:
     add_output_args(ap)
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         cfg = args.config or tmp / "suite.yaml"
@@ -119,6 +120,8 @@ def main() -> None:
         "threads_per_process": {"1 process": cores, "2 processes": max(1, cores // 2)},
         "layouts": rows,
         "hardware": hardware(),
+        # other users of the machine: the 1-minute load average before and after (more than `cores` = contention)
+        "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "note": "wall clock from launch to exit of every process (start-up, model load, metrics and logging "
                 "included); every layout starts from an empty results folder",
     }, args, "scale_cpu.json")

@@ -37,6 +37,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from harness.config import ConfigError
 from harness.interface import RetryableFailure
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def timeout_from_env() -> float:
     except ValueError:
         value = -1.0
     if value <= 0:
-        raise ValueError(f"MMBENCH_DIST_TIMEOUT_S must be a positive number of seconds; got {raw!r}")
+        raise ConfigError(f"MMBENCH_DIST_TIMEOUT_S must be a positive number of seconds; got {raw!r}")
     return value
 
 
@@ -102,7 +103,7 @@ class Distributed:
         use_nccl = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
         backend = os.environ.get("MMBENCH_DIST_BACKEND") or ("nccl" if use_nccl else "gloo")
         if backend not in ("nccl", "gloo"):
-            raise ValueError(f"MMBENCH_DIST_BACKEND must be nccl or gloo; got {backend!r}")
+            raise ConfigError(f"MMBENCH_DIST_BACKEND must be nccl or gloo; got {backend!r}")
         if backend == "nccl":
             # Each rank drives its own GPU: models on "cuda" and NCCL's tensors land on it.
             torch.cuda.set_device(local_rank)
@@ -191,9 +192,6 @@ class Distributed:
             bufs = [torch.zeros(width, dtype=torch.uint8, device=self._device()) for _ in range(self.world)]
             dist.all_gather(bufs, mine)
         return [json.loads(bytes(b[:L].cpu().numpy().tobytes()).decode()) for b, L in zip(bufs, lengths)]
-
-    def barrier(self, what: str = "waiting for the other ranks") -> None:
-        self.all_gather_json(None, what)
 
     # ------------------------------------------------------- the runner's calls
     def agree_missing(self, unit: str, planned: Sequence[str], missing: Sequence[str] | None) -> list[str]:
