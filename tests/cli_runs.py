@@ -48,23 +48,28 @@ def metrics_table(results: Path) -> pd.DataFrame:
     return pd.read_csv(csv)[METRIC_COLS].sort_values(METRIC_COLS[:5]).reset_index(drop=True)
 
 
-def pica_world_config(tmp: Path, llm_dir: Path) -> Path:
-    """PICa (objects + OCR) on the offline world VQA task, 6 samples × {0, 1} shots, one sample per
+def world_vqa_config(tmp: Path, llm_dir: Path, paradigms: list[dict], *, name: str, limit: int, bootstrap: int,
+                     max_new_tokens: int) -> Path:
+    """A config file for the offline world VQA task at {0, 1} shots on the tiny local LLM, one sample per
     batch (one transaction per sample, so a kill lands between or inside writes)."""
     cfg = {
-        "name": "resume-test",
+        "name": name,
         "seed": 0,
-        "limit": 6,
+        "limit": limit,
         "batch_size": 1,
-        "bootstrap": 200,
-        "paradigms": [
-            {"name": "text_conversion/pica", "options": {"converters": [{"kind": "objects"}, {"kind": "ocr"}]}},
-        ],
+        "bootstrap": bootstrap,
+        "paradigms": paradigms,
         "tasks": [{"name": "world_vqa"}],
         "in_context": {"shots": [0, 1]},
         "models": {"llm": {"source": "local", "name": str(llm_dir), "device": "cpu", "dtype": "float32"}},
-        "generation": {"max_new_tokens": 4},
+        "generation": {"max_new_tokens": max_new_tokens},
     }
     p = tmp / "cfg.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
+
+
+def pica_world_config(tmp: Path, llm_dir: Path) -> Path:
+    """PICa (objects + OCR) on 6 world VQA samples: the resume and torchrun tests' run."""
+    pica = {"name": "text_conversion/pica", "options": {"converters": [{"kind": "objects"}, {"kind": "ocr"}]}}
+    return world_vqa_config(tmp, llm_dir, [pica], name="resume-test", limit=6, bootstrap=200, max_new_tokens=4)

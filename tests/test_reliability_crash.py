@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from tests.cli_runs import cached_answers, cli_cmd, cli_env, metrics_table
+from tests.cli_runs import cached_answers, cli_cmd, cli_env, metrics_table, world_vqa_config
 
 pytestmark = pytest.mark.slow
 
@@ -32,24 +32,10 @@ N_ANSWERS = 4 * LIMIT
 
 
 def _config(tmp: Path, llm_dir: Path) -> Path:
-    cfg = {
-        "name": "crash-test",
-        "seed": 0,
-        "limit": LIMIT,
-        "batch_size": 1,  # one transaction per sample: many distinct kill points
-        "bootstrap": 50,
-        "paradigms": [
-            {"name": "text_conversion/pica", "options": {"converters": [{"kind": "objects"}]}},
-            {"name": "guided_decoding/magic", "options": {"k": 4}},
-        ],
-        "tasks": [{"name": "world_vqa"}],
-        "in_context": {"shots": [0, 1]},
-        "models": {"llm": {"source": "local", "name": str(llm_dir), "device": "cpu", "dtype": "float32"}},
-        "generation": {"max_new_tokens": 3},
-    }
-    p = tmp / "cfg.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
+    return world_vqa_config(tmp, llm_dir, [
+        {"name": "text_conversion/pica", "options": {"converters": [{"kind": "objects"}]}},
+        {"name": "guided_decoding/magic", "options": {"k": 4}},
+    ], name="crash-test", limit=LIMIT, bootstrap=50, max_new_tokens=3)
 
 
 def _texts(results: Path) -> dict[str, tuple[str, str | None]]:
