@@ -66,9 +66,24 @@ def contract_problems(cls: Any) -> list[str]:
         out.append("it does not implement answer_batch(requests) -> list[Answer]")
     elif inspect.isabstract(cls):
         out.append(f"it leaves abstract methods unimplemented: {', '.join(sorted(cls.__abstractmethods__))}")
-    out += _options_problems(getattr(cls, "Options", None))
+    options_problems = _options_problems(getattr(cls, "Options", None))
+    out += options_problems
     out += _uses_problems(cls)
+    if not options_problems:
+        out += _speed_only_problems(cls)
     return out
+
+
+def _speed_only_problems(cls: type[Paradigm]) -> list[str]:
+    """``speed_only`` names leave the cache key: a misspelt one would silently keep its option in."""
+    declared = cls.speed_only
+    if not isinstance(declared, frozenset):
+        return [f"speed_only must be a frozenset of option names, got {declared!r}"]
+    unknown = sorted(declared - set(cls.Options.model_fields))
+    if unknown:
+        return [f"speed_only names {unknown}, which are not options of {cls.Options.__name__}; "
+                f"options: {', '.join(cls.Options.model_fields)}"]
+    return []
 
 
 def _options_problems(options: Any) -> list[str]:

@@ -19,6 +19,30 @@ def test_every_speed_only_name_is_an_option_of_its_variant() -> None:
         assert fields <= set(cls.Options.model_fields), (name, fields - set(cls.Options.model_fields))
 
 
+def test_a_speed_only_name_that_is_not_an_option_stops_registration() -> None:
+    from typing import ClassVar
+
+    from harness.config import Strict
+    from harness.interface import Paradigm
+    from harness.registry import RegistrationError, register_paradigm
+
+    class Opts(Strict):
+        batch_size: int = 4
+
+    class Typo(Paradigm):
+        family = "text_conversion"
+        variant = "speed_only_typo"
+        uses: ClassVar[tuple[str, ...]] = ()
+        Options = Opts
+        speed_only: ClassVar[frozenset[str]] = frozenset({"batchsize"})
+
+        def answer_batch(self, requests):  # noqa: ANN001, ANN201
+            return []
+
+    with pytest.raises(RegistrationError, match=r"speed_only names \['batchsize'\].*options: batch_size"):
+        register_paradigm(Typo)
+
+
 @pytest.mark.slow
 def test_runs_differing_only_in_a_speed_only_option_share_the_cache(tmp_path, tiny_llm_dir) -> None:
     from harness.backbones import Backbones
