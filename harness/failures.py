@@ -6,8 +6,8 @@ A paradigm or backend signals a failure in one of three ways:
   rerun until the input changes) or :meth:`Answer.retryable` (transient: counted as wrong in this
   run, not cached, computed again by the next run);
 - raises :class:`TransientError` (e.g. a served model's 5xx after its own retries, a timeout):
-  the runner retries the batch one sample at a time and turns what still fails into
-  ``Answer.retryable``;
+  the shared chunker (``harness.chunking``) answers the batch one sample at a time and turns
+  what still fails into a transient failed answer;
 - raises anything else: :func:`is_transient` classifies it (out-of-memory incl.
   ``torch.cuda.OutOfMemoryError``, I/O errors with an errno other than "not found", timeouts,
   connection errors are transient; everything else is deterministic).

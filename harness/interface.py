@@ -244,7 +244,10 @@ class Paradigm(ABC):
     def answer_batch(self, requests: Sequence[Request]) -> list[Answer]:
         """Answer several samples at once. Must return one Answer per request, in order.
 
-        A failure of one sample must come back as ``Answer.failed(reason)`` rather than raise.
+        A sample that fails for a reason of its own comes back as ``Answer.failed(reason)``. If the
+        batch as a whole raises, the runner answers its samples one by one (``harness.chunking``), so
+        only the failing sample fails; raise :class:`RetryableFailure` only when no sample can be
+        answered (an endpoint down).
         """
 
     def answer(
