@@ -132,11 +132,13 @@ class Answer:
         return cls(text="", error=reason, trace=dict(trace), transient=transient)
 
     @classmethod
-    def from_exception(cls, exc: BaseException, **trace: Any) -> "Answer":
-        """A failed sample from ``exc``, transient or deterministic by :func:`harness.failures.is_transient`."""
+    def from_exception(cls, exc: BaseException, *, about: str = "", **trace: Any) -> "Answer":
+        """A failed sample from ``exc``, transient or deterministic by :func:`harness.failures.is_transient`;
+        ``about`` names what failed (the reason reads ``"<about>: <exception>"``)."""
         from harness.failures import describe, is_transient
 
-        return cls(text="", error=describe(exc), trace=dict(trace), transient=is_transient(exc))
+        reason = f"{about}: {describe(exc)}" if about else describe(exc)
+        return cls(text="", error=reason, trace=dict(trace), transient=is_transient(exc))
 
     @classmethod
     def retryable(cls, reason: str, **trace: Any) -> "Answer":

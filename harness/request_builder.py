@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from harness.failures import describe, is_transient
 from harness.interface import Answer, Request, Shot, image_id_of
 from tasks.base import Sample
 from tasks.spec import TaskSpec
@@ -31,11 +30,6 @@ def render_prompt(spec: TaskSpec, s: Sample) -> str:
     return spec.render_prompt(clean_text(s.question), s.choices, clean_text(str(s.meta.get("hint") or "")))
 
 
-def failure(reason: str, exc: BaseException) -> Answer:
-    """A failed answer, transient (not cached) or deterministic (cached) by :func:`is_transient`."""
-    return Answer.retryable(reason) if is_transient(exc) else Answer.failed(reason)
-
-
 def build_request(spec: TaskSpec, s: Sample, prompt: str, demonstrations: Sequence[Sample]) -> Request | Answer:
     """The request for sample ``s`` (``prompt`` as keyed), or the failed answer saying why there is none."""
     if len(s.question) > MAX_QUESTION_CHARS:
@@ -45,13 +39,13 @@ def build_request(spec: TaskSpec, s: Sample, prompt: str, demonstrations: Sequen
     try:
         img = s.load_image()
     except Exception as exc:  # noqa: BLE001 - any image failure fails only this sample
-        return failure(f"image {s.image_ref!r}: {describe(exc)}", exc)
+        return Answer.from_exception(exc, about=f"image {s.image_ref!r}")
     shots = []
     for x in demonstrations:
         try:
             ximg = x.load_image()
         except Exception as exc:  # noqa: BLE001
-            return failure(f"demonstration image {x.image_ref!r}: {describe(exc)}", exc)
+            return Answer.from_exception(exc, about=f"demonstration image {x.image_ref!r}")
         shots.append(
             Shot(
                 sample_id=x.sample_id,
