@@ -93,8 +93,7 @@ class Magic(Paradigm):
         super().__init__(backbones, options, generation)
         self._adapted: AdaptedLM | None = None
         self._plan: tuple[CaptionCorpus, str] | None = None
-        self.train_result: Any = None  # set when adapting: harness.training_run logs it to MLflow
-        self.checkpoint_dir: Any = None
+        self.train_result: Any = None  # set when adapting: reported by training_record()
 
     def fingerprint(self) -> dict[str, Any]:
         # adapt_lm is represented by its key (base LLM, captions' content, training options); left

@@ -110,7 +110,6 @@ class AdapterParadigm(Paradigm):
         super().__init__(backbones, options, generation)
         self.mm: MultimodalLM | None = None
         self.train_result: TrainResult | None = None
-        self.checkpoint_dir: Path | None = None
         self._features: dict[str, torch.Tensor] = {}
 
     # ----------------------------------------------------------------- training
